@@ -1,0 +1,175 @@
+// Package app wires tokengate together: the command line, the gateway's
+// request pipeline (assembled in one place, gateway.go), the demo and the
+// simulator command.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strings"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tokengate/tokengate/internal/config"
+)
+
+const usage = `tokengate — an Azure OpenAI-compatible AI gateway
+
+Usage:
+  tokengate demo [--addr A] [--admin-addr A] [--data-dir DIR]
+                                   run the gateway with three simulated Azure OpenAI instances
+  tokengate serve --config FILE    run the gateway
+  tokengate simulate --config FILE run simulated Azure OpenAI instances
+  tokengate config validate FILE   check a config file and list every problem
+  tokengate version                print the version
+
+Run "tokengate COMMAND --help" for a command's flags.
+`
+
+// Run executes the command line args (without the program name) and returns
+// the process exit code. ctx is cancelled on SIGINT/SIGTERM.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = runServe(ctx, args[1:], stderr)
+	case "demo":
+		err = runDemo(ctx, args[1:], stdout, stderr)
+	case "simulate":
+		err = runSimulate(ctx, args[1:], stdout, stderr)
+	case "config":
+		err = runConfig(args[1:], stdout)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "tokengate", version())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "tokengate: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintln(stderr, "tokengate:", err)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "tokengate:", err)
+		return 1
+	}
+}
+
+var errUsage = errors.New("usage")
+
+func usageError(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, args...))
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func newFlags(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("tokengate "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func runConfig(args []string, stdout io.Writer) error {
+	if len(args) != 2 || args[0] != "validate" {
+		return usageError("tokengate config validate FILE")
+	}
+	if _, err := config.Load(args[1]); err != nil {
+		return fmt.Errorf("%s is not valid:\n  %s", args[1], strings.ReplaceAll(err.Error(), "\n", "\n  "))
+	}
+	fmt.Fprintf(stdout, "%s is valid\n", args[1])
+	return nil
+}
+
+func runServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlags("serve", stderr)
+	path := fs.String("config", "", "path to the YAML config file (required)")
+	addr := fs.String("addr", "", "override listen.addr")
+	adminAddr := fs.String("admin-addr", "", "override listen.admin_addr")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" || fs.NArg() > 0 {
+		return usageError("tokengate serve --config FILE")
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	if *addr != "" {
+		cfg.Listen.Addr = *addr
+	}
+	if *adminAddr != "" {
+		cfg.Listen.AdminAddr = *adminAddr
+	}
+	return serveGateway(ctx, cfg, newLogger(cfg.Log, stderr), nil)
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// serveGateway listens on the configured addresses and serves until ctx is
+// done. started, when set, is called once both listeners are bound.
+func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, started func(addr, admin string)) error {
+	gw, err := NewGateway(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer gw.Close(context.WithoutCancel(ctx))
+	ln, err := net.Listen("tcp", cfg.Listen.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen.Addr, err)
+	}
+	var adminLn net.Listener
+	adminAddr := ""
+	if cfg.Listen.AdminAddr != "off" {
+		if adminLn, err = net.Listen("tcp", cfg.Listen.AdminAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("listen on %s (admin): %w", cfg.Listen.AdminAddr, err)
+		}
+		adminAddr = adminLn.Addr().String()
+	}
+	log.Info("tokengate listening", slog.String("addr", ln.Addr().String()), slog.String("admin_addr", adminAddr),
+		slog.Int("backends", len(cfg.Backends)), slog.Int("models", len(cfg.Models)))
+	if started != nil {
+		started(ln.Addr().String(), adminAddr)
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return gw.Serve(gctx, ln) })
+	if adminLn != nil {
+		g.Go(func() error { return gw.ServeAdmin(gctx, adminLn) })
+	}
+	err = g.Wait()
+	log.Info("tokengate stopped")
+	return err
+}
+

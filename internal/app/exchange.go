@@ -1,0 +1,132 @@
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/tokengate/tokengate/internal/openai"
+)
+
+// exchange is the per-request state the pipeline's steps share: each step
+// fills in what it learns, and the access log (later the usage record)
+// reads it when the request ends.
+type exchange struct {
+	id      string
+	start   time.Time
+	route   openai.Route
+	body    openai.Body
+	alias   string
+	backend string
+}
+
+type exchangeKey struct{}
+
+func exchangeOf(ctx context.Context) *exchange {
+	x, _ := ctx.Value(exchangeKey{}).(*exchange)
+	return x
+}
+
+// maxRequestIDLen bounds a client-supplied request id; longer or odd ones
+// are replaced so logs and upstream headers stay clean.
+const maxRequestIDLen = 128
+
+// requestID returns the client's x-ms-client-request-id or x-request-id when
+// it is a sane token, otherwise a new random id.
+func requestID(h http.Header) string {
+	for _, k := range [...]string{"X-Ms-Client-Request-Id", "X-Request-Id"} {
+		if v := h.Get(k); v != "" && len(v) <= maxRequestIDLen && printableToken(v) {
+			return v
+		}
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:], b[10:])
+	return string(s[:])
+}
+
+func printableToken(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c >= 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// recorder wraps the client's ResponseWriter: it remembers the status and
+// bytes written for the access log, and gives each write its own deadline so
+// a long stream is never cut by a whole-response timeout while a stalled
+// client still is. Flush and Unwrap keep http.ResponseController working.
+type recorder struct {
+	http.ResponseWriter
+	rc           *http.ResponseController
+	writeTimeout time.Duration
+	status       int
+	bytes        int64
+}
+
+func (w *recorder) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *recorder) Write(p []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.writeTimeout))
+	n, err := w.ResponseWriter.Write(p)
+	w.bytes += int64(n)
+	return n, err
+}
+
+func (w *recorder) FlushError() error {
+	_ = w.rc.SetWriteDeadline(time.Now().Add(w.writeTimeout))
+	return w.rc.Flush()
+}
+
+func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// accessLog writes the one line per request.
+func accessLog(log *slog.Logger, r *http.Request, x *exchange, w *recorder) {
+	status := w.status
+	if status == 0 && r.Context().Err() != nil {
+		status = openai.StatusClientClosed
+	}
+	attrs := []slog.Attr{
+		slog.String("request_id", x.id),
+		slog.String("method", r.Method),
+		slog.String("path", r.URL.Path),
+		slog.Int("status", status),
+		slog.Duration("duration", time.Since(x.start)),
+		slog.Int64("bytes", w.bytes),
+	}
+	if x.route.Op != "" {
+		attrs = append(attrs, slog.String("operation", string(x.route.Op)))
+	}
+	if x.alias != "" {
+		attrs = append(attrs, slog.String("model", x.alias))
+	}
+	if x.backend != "" {
+		attrs = append(attrs, slog.String("backend", x.backend))
+	}
+	if x.body.Stream {
+		attrs = append(attrs, slog.Bool("stream", true))
+	}
+	log.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
+}

@@ -1,0 +1,200 @@
+// Package config owns tokengate's configuration: one documented struct tree,
+// its defaults, environment substitution, loading and validation.
+//
+// A Config is immutable once loaded; the runtime built from it is swapped as a
+// whole when the file changes, never edited in place.
+package config
+
+import (
+	"time"
+)
+
+// DefaultAPIVersion is the Azure OpenAI data-plane api-version sent upstream
+// when neither the deployment nor the backend names one. 2024-10-21 is the
+// latest GA version that every current Azure OpenAI resource serves.
+const DefaultAPIVersion = "2024-10-21"
+
+// CognitiveServicesScope is the Entra ID scope for Azure OpenAI data-plane calls.
+const CognitiveServicesScope = "https://cognitiveservices.azure.com/.default"
+
+// Config is the whole configuration tree. Field comments give each default.
+type Config struct {
+	// Listen configures the client-facing and admin listeners.
+	Listen Listen `yaml:"listen"`
+	// Upstream configures how the gateway talks to backends.
+	Upstream Upstream `yaml:"upstream"`
+	// Backends are the Azure OpenAI (or compatible) instances. At least one.
+	Backends []Backend `yaml:"backends"`
+	// Models maps the aliases clients name to per-backend deployments.
+	Models []Model `yaml:"models"`
+	// Log configures the structured log.
+	Log Log `yaml:"log"`
+}
+
+// Listen configures the HTTP listeners.
+type Listen struct {
+	// Addr is the client-facing address. Default 127.0.0.1:8080.
+	Addr string `yaml:"addr"`
+	// AdminAddr serves health, and later metrics and /admin. Default
+	// 127.0.0.1:8081; "off" disables it.
+	AdminAddr string `yaml:"admin_addr"`
+	// MaxBodyBytes caps a request body; larger bodies get 413 before any
+	// upstream contact. Default 16 MiB.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// ReadHeaderTimeout bounds reading request headers. Default 10s.
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	// ReadTimeout bounds reading a whole request, body included. Default 60s.
+	ReadTimeout time.Duration `yaml:"read_timeout"`
+	// WriteTimeout bounds each write to a client (a per-write deadline, so a
+	// long stream is never cut while it makes progress). Default 30s.
+	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// IdleTimeout closes idle keep-alive connections. Default 120s.
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// ShutdownTimeout is how long in-flight requests get to finish on
+	// shutdown. Default 30s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// Upstream configures the connection to backends, shared by all of them.
+type Upstream struct {
+	// DialTimeout bounds a TCP+TLS connection to a backend. Default 10s.
+	DialTimeout time.Duration `yaml:"dial_timeout"`
+	// ResponseHeaderTimeout bounds the wait for a backend's response headers
+	// (a non-streaming completion sends them only when it is done), answered
+	// with 504 when exceeded. Default 5m.
+	ResponseHeaderTimeout time.Duration `yaml:"response_header_timeout"`
+	// MaxIdleConnsPerHost is the keep-alive pool per backend. Default 256.
+	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
+	// IdleConnTimeout closes idle upstream connections. Default 90s.
+	IdleConnTimeout time.Duration `yaml:"idle_conn_timeout"`
+}
+
+// Backend is one Azure OpenAI instance.
+type Backend struct {
+	// Name identifies the backend in logs, headers and metrics. Required,
+	// unique; letters, digits, '-', '_' and '.'.
+	Name string `yaml:"name"`
+	// Endpoint is the instance's base URL, e.g.
+	// https://contoso-eastus.openai.azure.com. Required; https, or http on a
+	// loopback address (simulators, local proxies).
+	Endpoint string `yaml:"endpoint"`
+	// Priority orders backends: 1 is used first, higher numbers only when
+	// every better one is unavailable. Default 1.
+	Priority int `yaml:"priority"`
+	// Weight shares traffic among backends of the same priority. Default 1.
+	Weight int `yaml:"weight"`
+	// APIVersion sent upstream for this backend's deployments unless a
+	// deployment overrides it. Default DefaultAPIVersion.
+	APIVersion string `yaml:"api_version"`
+	// Auth is the gateway's own credential for this backend.
+	Auth BackendAuth `yaml:"auth"`
+}
+
+// Backend credential types.
+const (
+	AuthEntra  = "entra"   // Entra ID token from azidentity's default chain
+	AuthAPIKey = "api-key" // a static key, normally "${ENV_VAR}"
+	AuthNone   = "none"    // nothing (simulators, keyless local proxies)
+)
+
+// BackendAuth is how the gateway authenticates to a backend. Client
+// credentials are never forwarded.
+type BackendAuth struct {
+	// Type is "entra" (default), "api-key" or "none".
+	Type string `yaml:"type"`
+	// APIKey is required for type api-key; write it as "${SOME_ENV_VAR}" so
+	// the secret stays out of the file.
+	APIKey string `yaml:"api_key"`
+	// Scope requested for type entra. Default CognitiveServicesScope.
+	Scope string `yaml:"scope"`
+}
+
+// Model is an alias clients name (in the Azure path or the body's "model")
+// and the deployments that serve it.
+type Model struct {
+	// Name is the alias, e.g. gpt-4o. Required, unique.
+	Name string `yaml:"name"`
+	// Deployments lists where the alias is served. At least one.
+	Deployments []Deployment `yaml:"deployments"`
+}
+
+// Deployment is one backend's deployment serving a model alias.
+type Deployment struct {
+	// Backend names an entry of backends. Required.
+	Backend string `yaml:"backend"`
+	// Name is the deployment name on that backend. Default: the alias.
+	Name string `yaml:"name"`
+	// APIVersion overrides the backend's api-version for this deployment.
+	APIVersion string `yaml:"api_version"`
+}
+
+// Log configures the structured log (log/slog).
+type Log struct {
+	// Level is debug, info (default), warn or error.
+	Level string `yaml:"level"`
+	// Format is json (default) or text.
+	Format string `yaml:"format"`
+}
+
+// Defaults returns a Config with every default set and no backends.
+func Defaults() Config {
+	return Config{
+		Listen: Listen{
+			Addr:              "127.0.0.1:8080",
+			AdminAddr:         "127.0.0.1:8081",
+			MaxBodyBytes:      16 << 20,
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       60 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       120 * time.Second,
+			ShutdownTimeout:   30 * time.Second,
+		},
+		Upstream: Upstream{
+			DialTimeout:           10 * time.Second,
+			ResponseHeaderTimeout: 5 * time.Minute,
+			MaxIdleConnsPerHost:   256,
+			IdleConnTimeout:       90 * time.Second,
+		},
+		Log: Log{Level: "info", Format: "json"},
+	}
+}
+
+// fill sets the defaults that depend on other fields; it runs after decoding.
+func (c *Config) fill() {
+	for i := range c.Backends {
+		b := &c.Backends[i]
+		if b.Priority == 0 {
+			b.Priority = 1
+		}
+		if b.Weight == 0 {
+			b.Weight = 1
+		}
+		if b.APIVersion == "" {
+			b.APIVersion = DefaultAPIVersion
+		}
+		if b.Auth.Type == "" {
+			b.Auth.Type = AuthEntra
+		}
+		if b.Auth.Type == AuthEntra && b.Auth.Scope == "" {
+			b.Auth.Scope = CognitiveServicesScope
+		}
+	}
+	for i := range c.Models {
+		m := &c.Models[i]
+		for j := range m.Deployments {
+			if m.Deployments[j].Name == "" {
+				m.Deployments[j].Name = m.Name
+			}
+		}
+	}
+}
+
+// Backend returns the backend called name, or nil.
+func (c *Config) Backend(name string) *Backend {
+	for i := range c.Backends {
+		if c.Backends[i].Name == name {
+			return &c.Backends[i]
+		}
+	}
+	return nil
+}

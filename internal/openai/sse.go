@@ -1,0 +1,73 @@
+package openai
+
+import (
+	"bufio"
+	"io"
+)
+
+// maxEvent bounds how much of one event is held before it is passed on
+// anyway, so a backend that never ends an event cannot grow memory.
+const maxEvent = 1 << 20
+
+// EventReader frames a text/event-stream body into whole events: each Read
+// returns bytes of at most one event (an event ends with a blank line), so a
+// proxy that flushes after every write flushes once per event and never
+// splits one across flushes. The bytes are exactly those of the source.
+// An EventReader is not safe for concurrent use.
+type EventReader struct {
+	src   io.ReadCloser
+	br    *bufio.Reader
+	event []byte
+	off   int
+	err   error
+}
+
+// NewEventReader frames src. Closing the EventReader closes src.
+func NewEventReader(src io.ReadCloser) *EventReader {
+	return &EventReader{src: src, br: bufio.NewReaderSize(src, 8<<10)}
+}
+
+// Read implements io.Reader.
+func (e *EventReader) Read(p []byte) (int, error) {
+	if e.off < len(e.event) {
+		n := copy(p, e.event[e.off:])
+		e.off += n
+		return n, nil
+	}
+	if e.err != nil {
+		return 0, e.err
+	}
+	ev, err := e.Next()
+	if len(ev) == 0 {
+		return 0, err
+	}
+	n := copy(p, ev)
+	e.off = n
+	return n, nil
+}
+
+// Next returns the next whole event, including its terminating blank line,
+// valid until the next call. At the end of the stream it returns whatever
+// trailing bytes remain along with the error (io.EOF at a clean end).
+func (e *EventReader) Next() ([]byte, error) {
+	e.event, e.off = e.event[:0], 0
+	for len(e.event) < maxEvent {
+		line, err := e.br.ReadSlice('\n')
+		e.event = append(e.event, line...)
+		if err == bufio.ErrBufferFull {
+			continue
+		}
+		if err != nil {
+			e.err = err
+			break
+		}
+		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {
+			break
+		}
+	}
+	// Leave e.off at 0: Read copies out of e.event after Next returns.
+	return e.event, e.err
+}
+
+// Close closes the source.
+func (e *EventReader) Close() error { return e.src.Close() }

@@ -23,7 +23,7 @@ func (c *Config) Validate() error {
 	if c.Listen.AdminAddr != "off" {
 		if err := checkAddr(c.Listen.AdminAddr); err != nil {
 			bad("listen.admin_addr", "%v (or \"off\")", err)
-		} else if c.Listen.AdminAddr == c.Listen.Addr {
+		} else if c.Listen.AdminAddr == c.Listen.Addr && !strings.HasSuffix(c.Listen.Addr, ":0") {
 			bad("listen.admin_addr", "must differ from listen.addr")
 		}
 	}

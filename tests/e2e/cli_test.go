@@ -1,0 +1,141 @@
+package e2e
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func asError[T error](err error, target *T) bool { return errors.As(err, target) }
+
+// TestDemo runs the README's first command as a newcomer would and pastes
+// what it prints.
+func TestDemo(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "demo-data")
+	p := start(t, "demo", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--data-dir", dataDir)
+	line := p.stdout.waitFor(t, "gateway ", 20*time.Second)
+	base := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "gateway"))
+	if !strings.HasPrefix(base, "http://127.0.0.1:") {
+		t.Fatalf("gateway line %q", line)
+	}
+	p.stdout.waitFor(t, "Press Ctrl-C", 5*time.Second)
+	out := p.stdout.String()
+	for _, want := range []string{"curl", "AzureOpenAI", "openai-go", "ptu-eastus", "paygo-eastus2", "paygo-swedencentral", "text-embedding-3-small"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the demo banner does not mention %q", want)
+		}
+	}
+	if st, err := os.Stat(dataDir); err != nil || !st.IsDir() {
+		t.Errorf("data dir not created: %v", err)
+	}
+
+	// The banner's first curl: Azure style, non-streaming.
+	resp, err := http.Post(base+"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", "application/json",
+		strings.NewReader(`{"messages":[{"role":"user","content":"Say hello"}],"max_tokens":20}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"completion_tokens":20`) {
+		t.Fatalf("chat: %d %s", resp.StatusCode, body)
+	}
+
+	// The streaming curl: OpenAI style.
+	resp, err = http.Post(base+"/v1/chat/completions", "application/json",
+		strings.NewReader(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := 0
+	sc := bufio.NewScanner(resp.Body)
+	last := ""
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "data: ") {
+			events++
+			last = sc.Text()
+		}
+	}
+	resp.Body.Close()
+	if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") || events < 5 || last != "data: [DONE]" {
+		t.Fatalf("stream: %q, %d events, last %q", resp.Header.Get("Content-Type"), events, last)
+	}
+
+	// Every alias the banner names is served.
+	for _, tc := range []struct{ path, body string }{
+		{"/v1/chat/completions", `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}`},
+		{"/v1/embeddings", `{"model":"text-embedding-3-small","input":"hi"}`},
+	} {
+		resp, err := http.Post(base+tc.path, "application/json", strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("%s: %d %s", tc.body, resp.StatusCode, b)
+		}
+	}
+	p.stop(t)
+}
+
+func TestConfigValidate(t *testing.T) {
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(binary, args...)
+		cmd.Env = append(os.Environ(), "PTU_EASTUS_URL=http://127.0.0.1:1", "PAYGO_EASTUS2_URL=http://127.0.0.1:2",
+			"PAYGO_SWEDENCENTRAL_URL=http://127.0.0.1:3", "AZURE_OPENAI_EASTUS_KEY=k")
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return string(out), ee.ExitCode()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), 0
+	}
+	for _, f := range []string{"../../examples/azure.yaml", "../../examples/demo.yaml"} {
+		if out, code := run("config", "validate", f); code != 0 || !strings.Contains(out, "is valid") {
+			t.Errorf("%s: exit %d: %s", f, code, out)
+		}
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	_ = os.WriteFile(bad, []byte(`
+backends:
+  - name: a
+    endpoint: http://10.0.0.1
+  - name: b
+    endpoint: https://b.openai.azure.com
+    auth: {type: api-key}
+models:
+  - name: gpt-4o
+    deployments: [{backend: c}]
+`), 0o600)
+	out, code := run("config", "validate", bad)
+	if code != 1 {
+		t.Fatalf("exit %d for an invalid file: %s", code, out)
+	}
+	for _, want := range []string{
+		"backends[0].endpoint: \"http://10.0.0.1\" must be an https URL or a loopback http URL",
+		"backends[1].auth.api_key: required",
+		"models[0].deployments[0].backend: no backend is named \"c\"",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	// serve refuses the same file, with the same list.
+	if out, code := run("serve", "--config", bad); code != 1 || !strings.Contains(out, "backends[1].auth.api_key") {
+		t.Errorf("serve with a bad config: exit %d: %s", code, out)
+	}
+	if _, code := run("nonsense"); code != 2 {
+		t.Errorf("unknown command: exit %d, want 2", code)
+	}
+}

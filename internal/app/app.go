@@ -172,4 +172,3 @@ func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, sta
 	log.Info("tokengate stopped")
 	return err
 }
-

@@ -37,21 +37,19 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return fmt.Errorf("demo simulator config: %w", err)
 	}
+	for i := range simCfg.Instances {
+		simCfg.Instances[i].Listen = "127.0.0.1:0" // free ports: two demos never collide
+	}
+	insts, stop, err := startSimulators(simCfg, log)
+	if err != nil {
+		return err
+	}
+	defer stop(context.WithoutCancel(ctx))
 	vars := map[string]string{}
-	for _, ic := range simCfg.Instances {
-		ic.Listen = "127.0.0.1:0" // free ports: two demos never collide
-		inst, err := simulator.New(ic, log.With(slog.String("simulator", ic.Name)))
-		if err != nil {
-			return err
-		}
-		url, err := inst.Start()
-		if err != nil {
-			return fmt.Errorf("simulator %s: %w", ic.Name, err)
-		}
-		defer inst.Close(context.WithoutCancel(ctx))
-		env := strings.ToUpper(strings.ReplaceAll(ic.Name, "-", "_"))
-		vars[env+"_URL"] = url
-		vars[env+"_KEY"] = ic.APIKey
+	for i, inst := range insts {
+		env := strings.ToUpper(strings.ReplaceAll(inst.Name(), "-", "_"))
+		vars[env+"_URL"] = inst.URL()
+		vars[env+"_KEY"] = simCfg.Instances[i].APIKey
 	}
 
 	cfg, err := config.Parse(examples.Demo, func(name string) (string, bool) {

@@ -24,19 +24,37 @@ func runSimulate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
-	for _, ic := range cfg.Instances {
-		inst, err := simulator.New(ic, log.With(slog.String("simulator", ic.Name)))
-		if err != nil {
-			return err
-		}
-		url, err := inst.Start()
-		if err != nil {
-			return fmt.Errorf("simulator %s: %w", ic.Name, err)
-		}
-		defer inst.Close(context.WithoutCancel(ctx))
-		fmt.Fprintf(stdout, "%-24s %s\n", ic.Name, url)
+	insts, stop, err := startSimulators(cfg, slog.New(slog.NewTextHandler(stderr, nil)))
+	if err != nil {
+		return err
+	}
+	defer stop(context.WithoutCancel(ctx))
+	for _, inst := range insts {
+		fmt.Fprintf(stdout, "%-24s %s\n", inst.Name(), inst.URL())
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// startSimulators starts every instance of cfg on its listen address. On
+// error the ones already started are closed; otherwise stop closes them all.
+func startSimulators(cfg simulator.Config, log *slog.Logger) ([]*simulator.Instance, func(context.Context), error) {
+	var insts []*simulator.Instance
+	stop := func(ctx context.Context) {
+		for _, inst := range insts {
+			_ = inst.Close(ctx)
+		}
+	}
+	for _, ic := range cfg.Instances {
+		inst, err := simulator.New(ic, log.With(slog.String("simulator", ic.Name)))
+		if err == nil {
+			_, err = inst.Start()
+		}
+		if err != nil {
+			stop(context.Background())
+			return nil, nil, fmt.Errorf("simulator %s: %w", ic.Name, err)
+		}
+		insts = append(insts, inst)
+	}
+	return insts, stop, nil
 }

@@ -65,7 +65,7 @@ func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, c Call) {
 			slog.String("backend", c.Backend.Name), slog.Any("error", err))
 		openai.WriteError(w, &openai.Error{Status: http.StatusBadGateway, Code: "upstream_credential",
 			Message: "the gateway could not obtain its credential for backend " + c.Backend.Name + "; its operator should check the gateway log",
-			Err: err})
+			Err:     err})
 		return
 	}
 	ctx := context.WithValue(r.Context(), callKey{}, &call{Call: c, cred: cred})

@@ -24,7 +24,12 @@ const usage = `tokengate — an Azure OpenAI-compatible AI gateway
 Usage:
   tokengate demo [--addr A] [--admin-addr A] [--data-dir DIR]
                                    run the gateway with three simulated Azure OpenAI instances
-  tokengate serve --config FILE    run the gateway
+  tokengate serve --config FILE [--insecure-dev-issuer]
+                                   run the gateway
+  tokengate dev-token --app NAME [--data-dir DIR]
+                                   print a bearer token for a demo app
+  tokengate keys create|list|revoke --config FILE
+                                   manage gateway keys (when identity.gateway_keys is enabled)
   tokengate simulate --config FILE run simulated Azure OpenAI instances
   tokengate config validate FILE   check a config file and list every problem
   tokengate version                print the version
@@ -49,6 +54,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runSimulate(ctx, args[1:], stdout, stderr)
 	case "config":
 		err = runConfig(args[1:], stdout)
+	case "dev-token":
+		err = runDevToken(args[1:], stdout, stderr)
+	case "keys":
+		err = runKeys(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "tokengate", version())
 		return 0
@@ -108,6 +117,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	path := fs.String("config", "", "path to the YAML config file (required)")
 	addr := fs.String("addr", "", "override listen.addr")
 	adminAddr := fs.String("admin-addr", "", "override listen.admin_addr")
+	insecureDev := fs.Bool("insecure-dev-issuer", false, "accept plain-http token issuers (the demo's development issuer); never in production")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -117,6 +127,10 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg, err := config.Load(*path)
 	if err != nil {
 		return err
+	}
+	if insecure := cfg.InsecureIssuers(); len(insecure) > 0 && !*insecureDev {
+		return fmt.Errorf("identity trusts plain-http issuers %v: that is only for the demo's development issuer; "+
+			"pass --insecure-dev-issuer to accept it (never in production)", insecure)
 	}
 	if *addr != "" {
 		cfg.Listen.Addr = *addr

@@ -35,6 +35,7 @@ func BenchmarkProxy(b *testing.B) {
 
 	cfg, err := config.Parse([]byte(`
 listen: {admin_addr: "off"}
+identity: {anonymous: true}
 backends: [{name: bench, endpoint: "`+simURL+`", auth: {type: api-key, api_key: k}}]
 models: [{name: gpt-4o, deployments: [{backend: bench}]}]
 `), func(string) (string, bool) { return "", false })

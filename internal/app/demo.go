@@ -8,20 +8,25 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/tokengate/tokengate/examples"
 	"github.com/tokengate/tokengate/internal/config"
+	"github.com/tokengate/tokengate/internal/devissuer"
 	"github.com/tokengate/tokengate/internal/simulator"
 )
 
-// runDemo starts three simulated Azure OpenAI instances on free loopback
-// ports and the gateway in front of them, prints what to paste to try it,
-// and runs until ctx is done.
+// defaultDataDir is where the demo keeps everything it writes.
+const defaultDataDir = "./.tokengate-demo"
+
+// runDemo starts three simulated Azure OpenAI instances and a development
+// identity issuer on free loopback ports, the gateway in front of them,
+// prints what to paste to try it, and runs until ctx is done.
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", stderr)
 	addr := fs.String("addr", "127.0.0.1:8080", "gateway address")
 	adminAddr := fs.String("admin-addr", "127.0.0.1:8081", "admin address (health, later metrics and /admin)")
-	dataDir := fs.String("data-dir", "./.tokengate-demo", "directory for everything the demo writes")
+	dataDir := fs.String("data-dir", defaultDataDir, "directory for everything the demo writes")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -45,13 +50,21 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer stop(context.WithoutCancel(ctx))
-	vars := map[string]string{}
+	issuer, err := devissuer.Start(*dataDir, log.With(slog.String("component", "dev-issuer")))
+	if err != nil {
+		return err
+	}
+	defer issuer.Close(context.WithoutCancel(ctx))
+
+	vars := map[string]string{
+		"DEV_ISSUER_URL": issuer.State().URL,
+		"DEV_TENANT":     devissuer.Tenant,
+	}
 	for i, inst := range insts {
 		env := strings.ToUpper(strings.ReplaceAll(inst.Name(), "-", "_"))
 		vars[env+"_URL"] = inst.URL()
 		vars[env+"_KEY"] = simCfg.Instances[i].APIKey
 	}
-
 	cfg, err := config.Parse(examples.Demo, func(name string) (string, bool) {
 		v, ok := vars[name]
 		return v, ok
@@ -63,58 +76,83 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	apps := map[string]string{}
+	for _, a := range cfg.Apps {
+		apps[a.Name] = a.AppIDs[0]
+	}
+	if err := issuer.Publish(cfg.Identity.Audiences[0], apps); err != nil {
+		return err
+	}
+	token, err := issuer.Mint("chat-app", time.Now())
+	if err != nil {
+		return err
+	}
 	abs, _ := filepath.Abs(*dataDir)
 	return serveGateway(ctx, cfg, log, func(addr, admin string) {
-		printDemo(stdout, "http://"+addr, admin, abs, simCfg, vars)
+		printDemo(stdout, demoBanner{
+			Base: "http://" + addr, Admin: admin, DataDir: abs, DataDirFlag: *dataDir,
+			Token: token, APIVersion: config.DefaultAPIVersion, Sims: insts,
+		})
 	})
 }
 
-func printDemo(w io.Writer, base, admin, dataDir string, sims simulator.Config, vars map[string]string) {
-	fmt.Fprintf(w, `
-tokengate demo is running.
+type demoBanner struct {
+	Base, Admin, DataDir, DataDirFlag, Token, APIVersion string
+	Sims                                                 []*simulator.Instance
+}
 
-  gateway      %[1]s
-  admin        http://%[2]s  (health: /healthz, /readyz)
-  data dir     %[3]s
-`, base, admin, dataDir)
-	for _, ic := range sims.Instances {
-		env := strings.ToUpper(strings.ReplaceAll(ic.Name, "-", "_"))
-		fmt.Fprintf(w, "  simulated    %-20s %s\n", ic.Name, vars[env+"_URL"])
+func printDemo(w io.Writer, b demoBanner) {
+	fmt.Fprintf(w, "\ntokengate demo is running.\n\n  gateway      %s\n  admin        http://%s  (health: /healthz, /readyz)\n  data dir     %s\n",
+		b.Base, b.Admin, b.DataDir)
+	for _, s := range b.Sims {
+		fmt.Fprintf(w, "  simulated    %-20s %s\n", s.Name(), s.URL())
 	}
-	fmt.Fprintf(w, `
+	devToken := "go run ./cmd/tokengate dev-token"
+	if b.DataDirFlag != defaultDataDir {
+		devToken += " --data-dir " + b.DataDirFlag
+	}
+	r := strings.NewReplacer("{base}", b.Base, "{v}", b.APIVersion, "{token}", b.Token, "{devtoken}", devToken)
+	fmt.Fprint(w, r.Replace(`
 Model aliases: gpt-4o, gpt-4o-mini (chat), text-embedding-3-small (embeddings).
+Apps: chat-app (inference, streaming) and batch-app (no streaming, max_tokens <= 256).
+Every call needs a bearer token; api-key is refused. In another terminal:
 
-Try it (in another terminal):
+  # a token for chat-app, valid 1 hour (or: {devtoken} --app chat-app | tail -1)
+  export TOKEN={token}
 
   # a chat completion, Azure style
-  curl -s '%[1]s/openai/deployments/gpt-4o/chat/completions?api-version=%[2]s' \
-    -H 'Content-Type: application/json' \
+  curl -s '{base}/openai/deployments/gpt-4o/chat/completions?api-version={v}' \
+    -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     -d '{"messages":[{"role":"user","content":"Say hello"}],"max_tokens":20}'
 
   # the same, streamed (OpenAI style: model in the body)
-  curl -sN %[1]s/v1/chat/completions -H 'Content-Type: application/json' \
+  curl -sN {base}/v1/chat/completions -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}'
+
+  # batch-app may not stream: 400 streaming_disabled
+  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' \
+    -H "Authorization: Bearer $({devtoken} --app batch-app | tail -1)" \
     -d '{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}'
 
   # Python (pip install openai)
-  python3 -c 'from openai import AzureOpenAI
-  c = AzureOpenAI(azure_endpoint="%[1]s", api_version="%[2]s", api_key="unused")
+  python3 -c 'import os; from openai import AzureOpenAI
+  c = AzureOpenAI(azure_endpoint="{base}", api_version="{v}", azure_ad_token=os.environ["TOKEN"])
   for ch in c.chat.completions.create(model="gpt-4o", stream=True, messages=[{"role":"user","content":"Say hello"}]):
       print(ch.choices[0].delta.content or "" if ch.choices else "", end="", flush=True)
   print()'
 
   // JavaScript (npm install openai), in an .mjs file
   import { AzureOpenAI } from "openai";
-  const c = new AzureOpenAI({ endpoint: "%[1]s", apiVersion: "%[2]s", apiKey: "unused" });
+  const c = new AzureOpenAI({ endpoint: "{base}", apiVersion: "{v}", azureADTokenProvider: async () => process.env.TOKEN });
   const s = await c.chat.completions.create({ model: "gpt-4o", stream: true, messages: [{ role: "user", content: "Say hello" }] });
   for await (const ch of s) process.stdout.write(ch.choices[0]?.delta?.content ?? "");
 
-  // Go (go get github.com/openai/openai-go/v3)
-  c := openai.NewClient(azure.WithEndpoint("%[1]s", "%[2]s"), azure.WithAPIKey("unused"),
-      azure.WithUnsafeAllowHTTP()) // plain http is allowed only to loopback
+  // Go (go get github.com/openai/openai-go/v3): the v1 client sends the token as a bearer
+  c := openai.NewClient(option.WithBaseURL("{base}/openai/v1/"), option.WithAPIKey(os.Getenv("TOKEN")))
   s := c.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{Model: "gpt-4o",
       Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Say hello")}})
   for s.Next() { if ch := s.Current(); len(ch.Choices) > 0 { fmt.Print(ch.Choices[0].Delta.Content) } }
 
 Press Ctrl-C to stop.
-`, base, config.DefaultAPIVersion)
+`))
 }

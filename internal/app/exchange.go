@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/tokengate/tokengate/internal/auth"
 	"github.com/tokengate/tokengate/internal/openai"
 )
 
@@ -17,6 +18,7 @@ import (
 type exchange struct {
 	id      string
 	start   time.Time
+	caller  *auth.Caller
 	route   openai.Route
 	body    openai.Body
 	alias   string
@@ -115,6 +117,9 @@ func accessLog(log *slog.Logger, r *http.Request, x *exchange, w *recorder) {
 		slog.Int("status", status),
 		slog.Duration("duration", time.Since(x.start)),
 		slog.Int64("bytes", w.bytes),
+	}
+	if x.caller != nil {
+		attrs = append(attrs, slog.String("app", x.caller.AppName()), slog.String("auth", string(x.caller.Method)))
 	}
 	if x.route.Op != "" {
 		attrs = append(attrs, slog.String("operation", string(x.route.Op)))

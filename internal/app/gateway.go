@@ -14,9 +14,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tokengate/tokengate/internal/auth"
 	"github.com/tokengate/tokengate/internal/balancer"
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/openai"
+	"github.com/tokengate/tokengate/internal/policy"
 	"github.com/tokengate/tokengate/internal/upstream"
 )
 
@@ -26,6 +28,8 @@ type Gateway struct {
 	cfg       *config.Config
 	log       *slog.Logger
 	transport *http.Transport
+	auth      *auth.Authenticator
+	policy    *policy.Policy
 	balancer  *balancer.Balancer
 	proxy     *upstream.Proxy
 	handler   http.Handler
@@ -46,11 +50,21 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	pol, err := policy.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	authn, err := auth.New(cfg.Identity, cfg.Apps, log)
+	if err != nil {
+		return nil, err
+	}
 	transport := upstream.NewTransport(cfg.Upstream)
 	g := &Gateway{
 		cfg:       cfg,
 		log:       log,
 		transport: transport,
+		auth:      authn,
+		policy:    pol,
 		balancer:  bal,
 		proxy:     upstream.NewProxy(transport, log),
 	}
@@ -63,11 +77,11 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 // capabilities plug in where the comments say.
 func (g *Gateway) pipeline() http.Handler {
 	steps := []func(http.Handler) http.Handler{
-		g.track,   // request id, per-write deadlines, access log
-		g.recover, // a bug answers 500 in the error shape
-		// identity: Entra ID JWT or gateway key -> Caller; api-key refused
-		g.route, // operation from the path, body peek, model alias
-		// authorization: operation, model, streaming, max_tokens caps
+		g.track,     // request id, per-write deadlines, access log
+		g.recover,   // a bug answers 500 in the error shape
+		g.identify,  // Entra ID / OIDC token or gateway key -> Caller; api-key refused
+		g.route,     // operation from the path, body peek, model alias
+		g.authorize, // operation, model, streaming, max_tokens caps
 		// limits: requests and tokens per minute, quotas
 	}
 	h := http.Handler(http.HandlerFunc(g.forward)) // balancer -> upstream
@@ -129,6 +143,42 @@ func (g *Gateway) recover(next http.Handler) http.Handler {
 			openai.WriteError(w, openai.Errorf(http.StatusInternalServerError, "internal_error",
 				"the gateway failed unexpectedly; report request id %s to its operator", exchangeOf(r.Context()).id))
 		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// identify authenticates the caller before anything else is looked at.
+func (g *Gateway) identify(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := g.auth.Authenticate(r)
+		if err != nil {
+			openai.WriteError(w, err)
+			return
+		}
+		exchangeOf(r.Context()).caller = c
+		next.ServeHTTP(w, r)
+	})
+}
+
+// authorize applies the caller's permissions and per-app rules; a clamped
+// max_tokens is written into the forwarded body.
+func (g *Gateway) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		x := exchangeOf(r.Context())
+		d, err := g.policy.Authorize(x.caller, policy.Request{Method: r.Method, Route: x.route, Alias: x.alias, Body: x.body})
+		if err != nil {
+			openai.WriteError(w, err)
+			return
+		}
+		if b, ok := r.Body.(*body); ok && d.SetMaxTokens > 0 {
+			b.replace(openai.SetInt(b.buf.Bytes(), d.MaxTokensField, d.SetMaxTokens))
+			r.ContentLength = int64(b.buf.Len())
+			if d.MaxTokensField == "max_completion_tokens" {
+				x.body.MaxCompletionTokens = d.SetMaxTokens
+			} else {
+				x.body.MaxTokens = d.SetMaxTokens
+			}
+		}
 		next.ServeHTTP(w, r)
 	})
 }
@@ -196,7 +246,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	x.backend = t.Backend.Name
-	g.proxy.Forward(w, r, upstream.Call{Target: t, Route: x.route, RequestID: x.id})
+	call := upstream.Call{Target: t, Route: x.route, RequestID: x.id}
+	if x.caller.PassThrough {
+		call.CallerToken = x.caller.Token
+	}
+	g.proxy.Forward(w, r, call)
 }
 
 // body is a request body held in a pooled buffer. It is released to the pool
@@ -233,6 +287,13 @@ func readBody(r *http.Request) (*body, error) {
 	b.Reset(buf.Bytes())
 	b.refs.Store(2) // the handler and the transport
 	return b, nil
+}
+
+// replace swaps the body's content for p (a rewritten body).
+func (b *body) replace(p []byte) {
+	b.buf.Reset()
+	b.buf.Write(p)
+	b.Reset(b.buf.Bytes())
 }
 
 // Close implements io.Closer for the transport.
@@ -300,10 +361,10 @@ func (g *Gateway) ServeAdmin(ctx context.Context, ln net.Listener) error {
 	return serve(ctx, srv, ln, g.cfg.Listen.ShutdownTimeout, nil)
 }
 
-// Close releases idle upstream connections.
-func (g *Gateway) Close(context.Context) error {
+// Close stops key refreshes and releases idle upstream connections.
+func (g *Gateway) Close(ctx context.Context) error {
 	g.transport.CloseIdleConnections()
-	return nil
+	return g.auth.Close(ctx)
 }
 
 // serve runs srv on ln until ctx is done; then it calls beforeShutdown (to

@@ -63,6 +63,7 @@ func okJSON(w http.ResponseWriter, _ *http.Request) {
 const testConfig = `
 listen: {addr: "127.0.0.1:0", admin_addr: "off"}
 log: {level: error}
+identity: {anonymous: true}
 backends:
   - name: east
     endpoint: ${BACKEND}

@@ -32,6 +32,7 @@ func newTest(t *testing.T, doc string) *Balancer {
 }
 
 const doc = `
+identity: {anonymous: true}
 backends:
   - {name: ptu, endpoint: "http://127.0.0.1:1", priority: 1, auth: {type: none}}
   - {name: a, endpoint: "http://127.0.0.1:2", priority: 2, weight: 3, auth: {type: none}}

@@ -27,6 +27,15 @@ type Config struct {
 	Backends []Backend `yaml:"backends"`
 	// Models maps the aliases clients name to per-backend deployments.
 	Models []Model `yaml:"models"`
+	// Identity configures inbound authentication.
+	Identity Identity `yaml:"identity"`
+	// Apps registers the calling applications.
+	Apps []App `yaml:"apps"`
+	// Roles defines custom roles beside the built-in openai-user and
+	// openai-contributor.
+	Roles []Role `yaml:"roles"`
+	// RoleAssignments grant roles by app id, app role or group.
+	RoleAssignments []RoleAssignment `yaml:"role_assignments"`
 	// Log configures the structured log.
 	Log Log `yaml:"log"`
 }
@@ -95,12 +104,15 @@ const (
 	AuthEntra  = "entra"   // Entra ID token from azidentity's default chain
 	AuthAPIKey = "api-key" // a static key, normally "${ENV_VAR}"
 	AuthNone   = "none"    // nothing (simulators, keyless local proxies)
+	// AuthCaller forwards the caller's own Entra token so the instance's
+	// RBAC applies; needs identity.pass_through.
+	AuthCaller = "caller"
 )
 
 // BackendAuth is how the gateway authenticates to a backend. Client
 // credentials are never forwarded.
 type BackendAuth struct {
-	// Type is "entra" (default), "api-key" or "none".
+	// Type is "entra" (default), "api-key", "caller" or "none".
 	Type string `yaml:"type"`
 	// APIKey is required for type api-key; write it as "${SOME_ENV_VAR}" so
 	// the secret stays out of the file.
@@ -155,6 +167,13 @@ func Defaults() Config {
 			MaxIdleConnsPerHost:   256,
 			IdleConnTimeout:       90 * time.Second,
 		},
+		Identity: Identity{
+			Leeway:             60 * time.Second,
+			JWKSRefresh:        time.Hour,
+			UnknownKIDCooldown: 5 * time.Minute,
+			UnknownApps:        "refuse",
+			TokenCacheSize:     10000,
+		},
 		Log: Log{Level: "info", Format: "json"},
 	}
 }
@@ -177,6 +196,24 @@ func (c *Config) fill() {
 		}
 		if b.Auth.Type == AuthEntra && b.Auth.Scope == "" {
 			b.Auth.Scope = CognitiveServicesScope
+		}
+	}
+	if e := c.Identity.Entra; e != nil {
+		if e.AuthorityHost == "" {
+			e.AuthorityHost = "https://login.microsoftonline.com"
+		}
+		if e.V1IssuerHost == "" {
+			e.V1IssuerHost = "https://sts.windows.net"
+		}
+	}
+	for i := range c.Identity.Issuers {
+		if c.Identity.Issuers[i].AppClaim == "" {
+			c.Identity.Issuers[i].AppClaim = "azp"
+		}
+	}
+	for i := range c.Apps {
+		if c.Apps[i].MaxTokens.Cap > 0 && c.Apps[i].MaxTokens.Mode == "" {
+			c.Apps[i].MaxTokens.Mode = "reject"
 		}
 	}
 	for i := range c.Models {

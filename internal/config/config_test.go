@@ -13,6 +13,7 @@ func env(m map[string]string) Lookup {
 }
 
 const minimal = `
+identity: {anonymous: true}
 backends:
   - name: east
     endpoint: https://east.openai.azure.com
@@ -41,6 +42,7 @@ func TestParseDefaults(t *testing.T) {
 
 func TestParseSubstitution(t *testing.T) {
 	doc := `
+identity: {anonymous: true}
 listen:
   max_body_bytes: ${MAX}
 backends:
@@ -165,6 +167,8 @@ func TestLoadExamples(t *testing.T) {
 	t.Setenv("PAYGO_EASTUS2_URL", "http://127.0.0.1:2")
 	t.Setenv("PAYGO_SWEDENCENTRAL_URL", "http://127.0.0.1:3")
 	t.Setenv("AZURE_OPENAI_EASTUS_KEY", "k")
+	t.Setenv("DEV_TENANT", "7e5ab1c2-0d3f-4a6b-9c8d-1e2f3a4b5c6d")
+	t.Setenv("DEV_ISSUER_URL", "http://127.0.0.1:4")
 	files, _ := filepath.Glob("../../examples/*.yaml")
 	n := 0
 	for _, f := range files {

@@ -91,12 +91,15 @@ func (c *Config) Validate() error {
 			if b.Auth.APIKey == "" {
 				bad(p+".auth.api_key", "required for auth type api-key; write it as ${ENV_VAR}")
 			}
-		case AuthNone:
+		case AuthNone, AuthCaller:
 			if b.Auth.APIKey != "" {
 				bad(p+".auth.api_key", "only for auth type api-key")
 			}
+			if b.Auth.Type == AuthCaller && !c.Identity.PassThrough.Enabled {
+				bad(p+".auth.type", "caller needs identity.pass_through.enabled so callers' Azure OpenAI tokens are accepted")
+			}
 		default:
-			bad(p+".auth.type", "must be entra, api-key or none, not %q", b.Auth.Type)
+			bad(p+".auth.type", "must be entra, api-key, caller or none, not %q", b.Auth.Type)
 		}
 	}
 
@@ -135,6 +138,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.validateIdentity(bad)
 	return errors.Join(errs...)
 }
 

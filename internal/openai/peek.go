@@ -47,7 +47,9 @@ func Peek(body []byte) (Body, error) {
 		return b, Errorf(http.StatusBadRequest, "invalid_json", "the request body must be a JSON object")
 	}
 	var seen uint8
-	err := eachMember(body[data:], func(key, value []byte) error {
+	obj := body[data:]
+	err := eachMember(obj, func(key []byte, start, end int) error {
+		value := obj[start:end]
 		f, ok := matchField(key, topFields)
 		if !ok {
 			return nil
@@ -89,7 +91,8 @@ func streamOptions(value []byte) (bool, error) {
 		return false, Errorf(http.StatusBadRequest, "invalid_request", "stream_options must be an object")
 	}
 	var include, seen bool
-	err := eachMember(value, func(key, v []byte) error {
+	err := eachMember(value, func(key []byte, start, end int) error {
+		v := value[start:end]
 		if _, ok := matchField(key, streamOptionFields); !ok {
 			return nil
 		}
@@ -166,9 +169,10 @@ func intValue(name string, v []byte) (int64, error) {
 }
 
 // eachMember calls fn with the raw key (without quotes, still escaped) and
-// raw value of each member of the JSON object that starts at obj[0]. obj must
-// be valid JSON (checked by the caller): the scanner only finds boundaries.
-func eachMember(obj []byte, fn func(key, value []byte) error) error {
+// the bounds obj[start:end] of the raw value of each member of the JSON
+// object that starts at obj[0]. obj must be valid JSON (checked by the
+// caller): the scanner only finds boundaries.
+func eachMember(obj []byte, fn func(key []byte, start, end int) error) error {
 	i := skipSpace(obj, 1)
 	for i < len(obj) && obj[i] != '}' {
 		if obj[i] == ',' {
@@ -180,7 +184,7 @@ func eachMember(obj []byte, fn func(key, value []byte) error) error {
 		i = skipSpace(obj, keyEnd)
 		i = skipSpace(obj, i+1) // past ':'
 		valEnd := valueEnd(obj, i)
-		if err := fn(key, obj[i:valEnd]); err != nil {
+		if err := fn(key, i, valEnd); err != nil {
 			return err
 		}
 		i = skipSpace(obj, valEnd)
@@ -238,4 +242,37 @@ func valueEnd(b []byte, i int) int {
 		}
 		return len(b)
 	}
+}
+
+// SetInt returns body with the top-level member name set to n: its value is
+// replaced where the member exists (matched like Peek matches, so after a
+// successful Peek there is at most one), otherwise the member is added
+// first in the object. body must be a JSON object that Peek accepted.
+func SetInt(body []byte, name string, n int64) []byte {
+	open := skipSpace(body, 0)
+	obj := body[open:]
+	names := []string{name}
+	start, end := -1, -1
+	_ = eachMember(obj, func(key []byte, s, e int) error {
+		if _, ok := matchField(key, names); ok {
+			start, end = open+s, open+e
+		}
+		return nil
+	})
+	num := strconv.AppendInt(nil, n, 10)
+	out := make([]byte, 0, len(body)+len(name)+24)
+	if start >= 0 {
+		out = append(out, body[:start]...)
+		out = append(out, num...)
+		return append(out, body[end:]...)
+	}
+	out = append(out, body[:open+1]...)
+	out = append(out, '"')
+	out = append(out, name...)
+	out = append(out, `":`...)
+	out = append(out, num...)
+	if rest := skipSpace(body, open+1); rest < len(body) && body[rest] != '}' {
+		out = append(out, ',')
+	}
+	return append(out, body[open+1:]...)
 }

@@ -159,3 +159,29 @@ func BenchmarkPeek(b *testing.B) {
 		})
 	}
 }
+
+func TestSetInt(t *testing.T) {
+	for _, tc := range []struct {
+		body, name string
+		n          int64
+		want       string
+	}{
+		{`{"model":"a","max_tokens":4096,"stream":true}`, "max_tokens", 256, `{"model":"a","max_tokens":256,"stream":true}`},
+		{`{"model":"a","Max_Tokens": 4096 }`, "max_tokens", 256, `{"model":"a","Max_Tokens": 256 }`},
+		{`{"model":"a"}`, "max_tokens", 256, `{"max_tokens":256,"model":"a"}`},
+		{` { } `, "max_tokens", 7, ` {"max_tokens":7 } `},
+		{`{"max_completion_tokens":null}`, "max_completion_tokens", 9, `{"max_completion_tokens":9}`},
+	} {
+		got := SetInt([]byte(tc.body), tc.name, tc.n)
+		if string(got) != tc.want {
+			t.Errorf("SetInt(%s) = %s, want %s", tc.body, got, tc.want)
+		}
+		b, err := Peek(got)
+		if err != nil {
+			t.Errorf("result does not peek: %v", err)
+		}
+		if v := b.MaxTokens + b.MaxCompletionTokens; v != tc.n {
+			t.Errorf("peeked %d after SetInt", v)
+		}
+	}
+}

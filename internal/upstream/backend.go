@@ -21,6 +21,9 @@ type Backend struct {
 	Priority, Weight int
 	// Credential is the gateway's own credential for this instance.
 	Credential Credential
+	// PassCaller forwards the caller's own Azure OpenAI token instead
+	// (auth type "caller"), so the instance's RBAC decides.
+	PassCaller bool
 }
 
 // NewBackend builds a Backend from validated config.
@@ -34,7 +37,8 @@ func NewBackend(cfg config.Backend) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", cfg.Name, err)
 	}
-	return &Backend{Name: cfg.Name, URL: u, Priority: cfg.Priority, Weight: cfg.Weight, Credential: cred}, nil
+	return &Backend{Name: cfg.Name, URL: u, Priority: cfg.Priority, Weight: cfg.Weight, Credential: cred,
+		PassCaller: cfg.Auth.Type == config.AuthCaller}, nil
 }
 
 // Target is where one request goes: a backend and, for model-routed

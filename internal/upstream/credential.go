@@ -29,8 +29,8 @@ func NewCredential(a config.BackendAuth) (Credential, error) {
 	switch a.Type {
 	case config.AuthAPIKey:
 		return APIKey(a.APIKey), nil
-	case config.AuthNone:
-		return None{}, nil
+	case config.AuthNone, config.AuthCaller:
+		return None{}, nil // for caller, Forward sets the caller's own token
 	case config.AuthEntra:
 		// The default chain: environment (secret or certificate), workload
 		// identity, managed identity, Azure CLI. Building it makes no call.

@@ -18,6 +18,9 @@ type Call struct {
 	Route openai.Route
 	// RequestID is sent upstream as x-ms-client-request-id.
 	RequestID string
+	// CallerToken is the caller's own Azure OpenAI token, forwarded only to
+	// backends with PassCaller; empty when the caller has none.
+	CallerToken string
 }
 
 // clientCredentialHeaders are never forwarded: the gateway authenticates to
@@ -60,7 +63,15 @@ func NewProxy(transport http.RoundTripper, logger *slog.Logger) *Proxy {
 // the response starts are written to w in the Azure error shape.
 func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, c Call) {
 	cred := make(http.Header, 1)
-	if err := c.Backend.Credential.Authorize(r.Context(), cred); err != nil {
+	if c.Backend.PassCaller {
+		if c.CallerToken == "" {
+			openai.WriteError(w, openai.Errorf(http.StatusForbidden, "PermissionDenied",
+				"backend %s accepts only the caller's own Azure OpenAI token: authenticate with a token for https://cognitiveservices.azure.com (az account get-access-token --resource https://cognitiveservices.azure.com)",
+				c.Backend.Name))
+			return
+		}
+		cred.Set("Authorization", "Bearer "+c.CallerToken)
+	} else if err := c.Backend.Credential.Authorize(r.Context(), cred); err != nil {
 		p.log.Error("backend credential failed", slog.String("request_id", c.RequestID),
 			slog.String("backend", c.Backend.Name), slog.Any("error", err))
 		openai.WriteError(w, &openai.Error{Status: http.StatusBadGateway, Code: "upstream_credential",

@@ -36,24 +36,47 @@ func TestDemo(t *testing.T) {
 		t.Errorf("data dir not created: %v", err)
 	}
 
-	// The banner's first curl: Azure style, non-streaming.
-	resp, err := http.Post(base+"/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21", "application/json",
-		strings.NewReader(`{"messages":[{"role":"user","content":"Say hello"}],"max_tokens":20}`))
+	// The banner's export TOKEN=... line carries a chat-app token.
+	exported := strings.TrimPrefix(strings.TrimSpace(p.stdout.waitFor(t, "export TOKEN=", time.Second)), "export TOKEN=")
+	// dev-token prints a token alone on its last line.
+	tokOut, err := exec.Command(binary, "dev-token", "--app", "chat-app", "--data-dir", dataDir).Output()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("dev-token: %v", err)
 	}
+	outLines := strings.Split(strings.TrimSpace(string(tokOut)), "\n")
+	token := outLines[len(outLines)-1]
+	if strings.Count(token, ".") != 2 || strings.Count(exported, ".") != 2 {
+		t.Fatalf("dev-token's last line is not a JWT: %q", tokOut)
+	}
+	post := func(path, body, tok string) *http.Response {
+		req, _ := http.NewRequest("POST", base+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	// Without a token, or with an api-key, the gateway refuses.
+	if resp := post("/v1/chat/completions", `{"model":"gpt-4o"}`, ""); resp.StatusCode != 401 {
+		t.Errorf("no token: %d", resp.StatusCode)
+	}
+
+	// The banner's first curl: Azure style, non-streaming.
+	resp := post("/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+		`{"messages":[{"role":"user","content":"Say hello"}],"max_tokens":20}`, exported)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"completion_tokens":20`) {
 		t.Fatalf("chat: %d %s", resp.StatusCode, body)
 	}
 
-	// The streaming curl: OpenAI style.
-	resp, err = http.Post(base+"/v1/chat/completions", "application/json",
-		strings.NewReader(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The streaming curl: OpenAI style, with the dev-token token.
+	resp = post("/v1/chat/completions", `{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`, token)
 	events := 0
 	sc := bufio.NewScanner(resp.Body)
 	last := ""
@@ -68,15 +91,23 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("stream: %q, %d events, last %q", resp.Header.Get("Content-Type"), events, last)
 	}
 
+	// batch-app may not stream.
+	batch, err := exec.Command(binary, "dev-token", "--app", "batch-app", "--data-dir", dataDir).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	batchLines := strings.Split(strings.TrimSpace(string(batch)), "\n")
+	resp = post("/v1/chat/completions", `{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`, batchLines[len(batchLines)-1])
+	if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 400 || !strings.Contains(string(b), "streaming_disabled") {
+		t.Errorf("batch-app streaming: %d %s", resp.StatusCode, b)
+	}
+
 	// Every alias the banner names is served.
 	for _, tc := range []struct{ path, body string }{
 		{"/v1/chat/completions", `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}`},
 		{"/v1/embeddings", `{"model":"text-embedding-3-small","input":"hi"}`},
 	} {
-		resp, err := http.Post(base+tc.path, "application/json", strings.NewReader(tc.body))
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := post(tc.path, tc.body, token)
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != 200 {
@@ -90,7 +121,8 @@ func TestConfigValidate(t *testing.T) {
 	run := func(args ...string) (string, int) {
 		cmd := exec.Command(binary, args...)
 		cmd.Env = append(os.Environ(), "PTU_EASTUS_URL=http://127.0.0.1:1", "PAYGO_EASTUS2_URL=http://127.0.0.1:2",
-			"PAYGO_SWEDENCENTRAL_URL=http://127.0.0.1:3", "AZURE_OPENAI_EASTUS_KEY=k")
+			"PAYGO_SWEDENCENTRAL_URL=http://127.0.0.1:3", "AZURE_OPENAI_EASTUS_KEY=k",
+			"DEV_TENANT=7e5ab1c2-0d3f-4a6b-9c8d-1e2f3a4b5c6d", "DEV_ISSUER_URL=http://127.0.0.1:4")
 		out, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {

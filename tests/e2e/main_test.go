@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -212,9 +213,7 @@ func freeAddr(t *testing.T) string {
 func serve(t *testing.T, config string) (string, *process) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "tokengate.yaml")
-	if err := os.WriteFile(path, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	writeFile(t, path, config)
 	addr := freeAddr(t)
 	p := start(t, "serve", "--config", path, "--addr", addr, "--admin-addr", freeAddr(t))
 	base := "http://" + addr
@@ -236,4 +235,24 @@ func waitReady(t *testing.T, base string, p *process) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Fatalf("gateway at %s never became ready; stderr:\n%s", base, p.stderr.String())
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// errorOf decodes an error response, failing unless it has the Azure shape.
+func errorOf(t *testing.T, resp *http.Response) (code, message string) {
+	t.Helper()
+	var e struct {
+		Error struct{ Code, Message string }
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if err := json.Unmarshal(b, &e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
+		t.Fatalf("%d: not the Azure error shape: %q", resp.StatusCode, b)
+	}
+	return e.Error.Code, e.Error.Message
 }

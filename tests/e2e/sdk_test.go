@@ -31,6 +31,7 @@ func setup(t *testing.T, latency simulator.Latency, obs *observations) (gateway 
 	b := startSimulator(t, simulator.InstanceConfig{Name: "sim-b", APIKey: "key-b", Latency: latency, Deployments: deployments}, obs)
 	base, _ := serve(t, fmt.Sprintf(`
 log: {level: warn}
+identity: {anonymous: true}
 backends:
   - {name: sim-a, endpoint: %q, priority: 1, auth: {type: api-key, api_key: key-a}}
   - {name: sim-b, endpoint: %q, priority: 2, auth: {type: api-key, api_key: key-b}}

@@ -28,7 +28,7 @@ Usage:
                                    run the gateway
   tokengate dev-token --app NAME [--data-dir DIR]
                                    print a bearer token for a demo app
-  tokengate keys create|list|revoke --config FILE
+  tokengate keys create --app NAME | list | revoke PREFIX  [--config FILE]
                                    manage gateway keys (when identity.gateway_keys is enabled)
   tokengate simulate --config FILE run simulated Azure OpenAI instances
   tokengate config validate FILE   check a config file and list every problem

@@ -3,6 +3,7 @@ package app
 import (
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"text/tabwriter"
 	"time"
@@ -33,20 +34,27 @@ func runDevToken(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// defaultConfigPath is $TOKENGATE_CONFIG, else tokengate.yaml in the
+// working directory, so "tokengate keys create --app NAME" works beside the
+// config.
+func defaultConfigPath() string {
+	if p := os.Getenv("TOKENGATE_CONFIG"); p != "" {
+		return p
+	}
+	return "tokengate.yaml"
+}
+
 // runKeys manages gateway keys: create (printed once), list, revoke.
 func runKeys(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return usageError("tokengate keys create|list|revoke --config FILE ...")
+		return usageError("tokengate keys create|list|revoke [--config FILE] ...")
 	}
 	sub := args[0]
 	fs := newFlags("keys "+sub, stderr)
-	path := fs.String("config", "", "the gateway's config file (required)")
+	path := fs.String("config", defaultConfigPath(), "the gateway's config file ($TOKENGATE_CONFIG, else ./tokengate.yaml)")
 	app := fs.String("app", "", "app name (create)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
-	}
-	if *path == "" {
-		return usageError("--config is required")
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -60,7 +68,7 @@ func runKeys(args []string, stdout, stderr io.Writer) error {
 	switch sub {
 	case "create":
 		if *app == "" || fs.NArg() > 0 {
-			return usageError("tokengate keys create --config FILE --app NAME")
+			return usageError("tokengate keys create --app NAME [--config FILE]")
 		}
 		if !slices.ContainsFunc(cfg.Apps, func(a config.App) bool { return a.Name == *app }) {
 			return fmt.Errorf("no app %q in %s: register it under apps first", *app, *path)
@@ -87,7 +95,7 @@ func runKeys(args []string, stdout, stderr io.Writer) error {
 		return tw.Flush()
 	case "revoke":
 		if fs.NArg() != 1 {
-			return usageError("tokengate keys revoke --config FILE PREFIX")
+			return usageError("tokengate keys revoke [--config FILE] PREFIX")
 		}
 		if err := auth.RevokeKey(gk.File, fs.Arg(0), now); err != nil {
 			return err

@@ -95,8 +95,10 @@ func WriteError(w http.ResponseWriter, err error) int {
 	h.Set("Content-Type", "application/json")
 	h.Del("Content-Length")
 	w.WriteHeader(e.Status)
-	body, _ := json.Marshal(errorBody{Error: errorDetail{Code: e.Code, Message: e.Message}})
-	_, _ = w.Write(append(body, '\n'))
+	// Messages quote things like "Bearer <token>": keep them readable raw.
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(errorBody{Error: errorDetail{Code: e.Code, Message: e.Message}})
 	return e.Status
 }
 

@@ -253,10 +253,12 @@ backends: [{name: sim, endpoint: %q, auth: {type: api-key, api_key: own}}]
 models: [{name: gpt-4o, deployments: [{backend: sim}]}]
 `, filepath.Join(dir, "keys.json"), sim.URL()))
 	cli := func(args ...string) (string, error) {
-		out, err := exec.Command(binary, args...).CombinedOutput()
+		cmd := exec.Command(binary, args...)
+		cmd.Dir = dir // "keys create --app NAME" finds ./tokengate.yaml
+		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
-	out, err := cli("keys", "create", "--config", cfgPath, "--app", "legacy-app")
+	out, err := cli("keys", "create", "--app", "legacy-app")
 	if err != nil {
 		t.Fatalf("create: %v %s", err, out)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokengate/tokengate/internal/auth"
+	"github.com/tokengate/tokengate/internal/balancer"
 	"github.com/tokengate/tokengate/internal/openai"
 )
 
@@ -16,13 +17,24 @@ import (
 // fills in what it learns, and the access log (later the usage record)
 // reads it when the request ends.
 type exchange struct {
-	id      string
-	start   time.Time
-	caller  *auth.Caller
-	route   openai.Route
-	body    openai.Body
-	alias   string
-	backend string
+	id     string
+	start  time.Time
+	caller *auth.Caller
+	route  openai.Route
+	body   openai.Body
+	alias  string
+	// selection is the balancer's record of the attempts.
+	selection *balancer.Selection
+}
+
+// cost estimates the request's tokens for steering: about four bytes per
+// prompt token plus the completion maximum for every choice.
+func (x *exchange) cost(bodyLen int) int64 {
+	completion := x.body.MaxCompletionTokens
+	if completion == 0 {
+		completion = x.body.MaxTokens
+	}
+	return int64(bodyLen/4) + completion*max(x.body.N, 1)
 }
 
 type exchangeKey struct{}
@@ -127,8 +139,13 @@ func accessLog(log *slog.Logger, r *http.Request, x *exchange, w *recorder) {
 	if x.alias != "" {
 		attrs = append(attrs, slog.String("model", x.alias))
 	}
-	if x.backend != "" {
-		attrs = append(attrs, slog.String("backend", x.backend))
+	if x.selection != nil {
+		if a := x.selection.Attempts(); len(a) > 0 {
+			attrs = append(attrs, slog.String("backend", a[len(a)-1].Backend), slog.Int("attempts", len(a)))
+			if x.selection.Spilled() {
+				attrs = append(attrs, slog.Bool("spilled", true))
+			}
+		}
 	}
 	if x.body.Stream {
 		attrs = append(attrs, slog.Bool("stream", true))

@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,7 +47,7 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 		}
 		backends[bc.Name] = b
 	}
-	bal, err := balancer.New(cfg, backends)
+	bal, err := balancer.New(cfg, backends, log)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +67,8 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 		auth:      authn,
 		policy:    pol,
 		balancer:  bal,
-		proxy:     upstream.NewProxy(transport, log),
+		proxy: upstream.NewProxy(transport, log,
+			upstream.WithBackendHeader(cfg.Upstream.BackendHeader == nil || *cfg.Upstream.BackendHeader)),
 	}
 	g.handler = g.pipeline()
 	g.ready.Store(len(cfg.Backends) > 0)
@@ -234,22 +236,32 @@ func (g *Gateway) route(next http.Handler) http.Handler {
 	})
 }
 
-// forward picks the target (balancer) and proxies the request (upstream).
+// forward starts the balancer's selection for the request's pool and model
+// and proxies it: each attempt goes to the selection's next backend.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request) {
 	x := exchangeOf(r.Context())
-	t := g.balancer.PassThrough()
-	if x.route.Routed() {
-		var err error
-		if t, err = g.balancer.Pick(x.alias); err != nil {
-			openai.WriteError(w, err)
-			return
-		}
-	}
-	x.backend = t.Backend.Name
-	call := upstream.Call{Target: t, Route: x.route, RequestID: x.id}
+	call := &upstream.Call{Route: x.route, RequestID: x.id}
 	if x.caller.PassThrough {
 		call.CallerToken = x.caller.Token
 	}
+	if b, ok := r.Body.(*body); ok {
+		call.Body = b.buf.Bytes()
+	}
+	if !x.route.Routed() {
+		x.selection = g.balancer.PassThrough()
+	} else {
+		appPool := ""
+		if x.caller.App != nil {
+			appPool = x.caller.App.Pool
+		}
+		sel, err := g.balancer.Select(g.balancer.PoolFor(x.alias, appPool), x.alias, x.cost(len(call.Body)), call.Body != nil)
+		if err != nil {
+			openai.WriteError(w, err)
+			return
+		}
+		x.selection = sel
+	}
+	call.Selector = x.selection
 	g.proxy.Forward(w, r, call)
 }
 
@@ -340,13 +352,23 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	return serve(ctx, srv, ln, g.cfg.Listen.ShutdownTimeout, func() { g.ready.Store(false) })
 }
 
-// AdminHandler serves the admin listener: health now; /metrics and /admin
-// later.
+// AdminHandler serves the admin listener: health and /admin/backends now;
+// /metrics and the rest of /admin later.
 func (g *Gateway) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", g.healthz)
 	mux.HandleFunc("GET /readyz", g.readyz)
+	mux.HandleFunc("GET /admin/backends", g.adminBackends)
 	return mux
+}
+
+// adminBackends lists every backend deployment's breaker state, last
+// rate-limit readings and in-flight count.
+func (g *Gateway) adminBackends(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(map[string]any{"backends": g.balancer.Snapshot()})
 }
 
 // ServeAdmin serves the admin handler on ln until ctx is done.

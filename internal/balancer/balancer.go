@@ -1,99 +1,203 @@
-// Package balancer owns backend selection: which deployment of which backend
-// serves a request for a model alias. Backends are grouped by priority (1
-// first); within the best group the pick is weighted-random.
+// Package balancer owns backend selection: which deployment of which
+// backend serves each attempt of a request. A pool groups backends by
+// priority (1 first); inside the best priority with an available backend the
+// pick is weighted-random or round-robin. A backend deployment is
+// unavailable while its circuit breaker is open (tripped by 429s, 5xx and
+// connection failures, for as long as the backend's retry-after asks) or,
+// with steering, while its last x-ratelimit-remaining-tokens reading is
+// below the request's estimated cost.
 //
-// Circuit breakers, Retry-After bookkeeping and steering plug in here: they
-// make a backend unavailable, and Pick then falls through to the next group.
+// State is shared across goroutines with atomics; the pick takes no lock.
 package balancer
 
 import (
 	"cmp"
 	"fmt"
-	"math/rand/v2"
+	"log/slog"
 	"net/http"
 	"slices"
+	"sort"
+	"sync/atomic"
+	"time"
 
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/openai"
 	"github.com/tokengate/tokengate/internal/upstream"
 )
 
-// Balancer picks targets. It is immutable after New and safe for concurrent use.
+// Balancer builds per-request Selections. It is immutable after New (its
+// States change) and safe for concurrent use.
 type Balancer struct {
-	models map[string][]group
-	// passThrough serves operations not tied to a model (files, batches...):
-	// always the same backend, so stateful resources stay on one instance.
-	passThrough *upstream.Backend
+	pools       map[string]*pool
+	first       *pool
+	models      map[string]string // alias -> pinned pool ("" = none)
+	states      []*State          // every backend deployment, for Snapshot
+	passThrough upstream.Target
+	now         func() time.Time
+	log         *slog.Logger
 }
 
-// group is the targets of one priority, with their cumulative weights.
+type pool struct {
+	name       string
+	roundRobin bool
+	steering   bool
+	rule       rule
+	retry      config.Retry
+	aliases    map[string][]group
+	rr         atomic.Uint64
+}
+
+// group is the members of one priority that serve an alias.
 type group struct {
 	priority int
-	targets  []upstream.Target
-	cum      []int // cum[i] = sum of weights of targets[0..i]
+	members  []*member
 }
 
+type member struct {
+	target upstream.Target
+	weight int
+	state  *State
+}
+
+// Option configures a Balancer.
+type Option func(*Balancer)
+
+// WithClock replaces time.Now (tests).
+func WithClock(now func() time.Time) Option { return func(b *Balancer) { b.now = now } }
+
 // New builds a Balancer from validated config and the backends built from it.
-func New(cfg *config.Config, backends map[string]*upstream.Backend) (*Balancer, error) {
-	b := &Balancer{models: make(map[string][]group, len(cfg.Models))}
+func New(cfg *config.Config, backends map[string]*upstream.Backend, log *slog.Logger, opts ...Option) (*Balancer, error) {
+	b := &Balancer{pools: map[string]*pool{}, models: map[string]string{}, now: time.Now, log: log}
+	for _, o := range opts {
+		o(b)
+	}
+	states := map[[2]string]*State{}
+	stateOf := func(backend, deployment string) *State {
+		k := [2]string{backend, deployment}
+		if s, ok := states[k]; ok {
+			return s
+		}
+		s := newState(backend, deployment)
+		states[k] = s
+		b.states = append(b.states, s)
+		return s
+	}
+	for _, pc := range cfg.Pools {
+		p := &pool{name: pc.Name, roundRobin: pc.Strategy == "round-robin", steering: pc.SteeringEnabled(),
+			retry: pc.Retry, aliases: map[string][]group{}}
+		p.rule = rule{failures: pc.Breaker.Failures, interval: pc.Breaker.Interval, tripDuration: pc.Breaker.TripDuration,
+			acceptRetryAfter: pc.Breaker.AcceptRetryAfter == nil || *pc.Breaker.AcceptRetryAfter}
+		for _, t := range pc.Breaker.TripOn {
+			sr, err := config.ParseStatusRange(t)
+			if err != nil {
+				return nil, fmt.Errorf("pool %s: %w", pc.Name, err)
+			}
+			p.rule.tripOn = append(p.rule.tripOn, sr)
+		}
+		for _, m := range cfg.Models {
+			var groups []group
+			for _, pm := range pc.Backends {
+				i := slices.IndexFunc(m.Deployments, func(d config.Deployment) bool { return d.Backend == pm.Backend })
+				if i < 0 {
+					continue
+				}
+				d := m.Deployments[i]
+				be, ok := backends[d.Backend]
+				if !ok {
+					return nil, fmt.Errorf("model %s: unknown backend %q", m.Name, d.Backend)
+				}
+				apiVersion := d.APIVersion
+				if apiVersion == "" {
+					apiVersion = cfg.Backend(d.Backend).APIVersion
+				}
+				mem := &member{target: upstream.Target{Backend: be, Deployment: d.Name, APIVersion: apiVersion},
+					weight: pm.Weight, state: stateOf(d.Backend, d.Name)}
+				gi := slices.IndexFunc(groups, func(g group) bool { return g.priority == pm.Priority })
+				if gi < 0 {
+					groups = append(groups, group{priority: pm.Priority})
+					gi = len(groups) - 1
+				}
+				groups[gi].members = append(groups[gi].members, mem)
+			}
+			if len(groups) > 0 {
+				slices.SortFunc(groups, func(a, b group) int { return cmp.Compare(a.priority, b.priority) })
+				p.aliases[m.Name] = groups
+			}
+		}
+		b.pools[pc.Name] = p
+		if b.first == nil {
+			b.first = p
+			// Pass-through operations go to the first pool's best backend,
+			// always the same one, so stateful resources stay on one instance.
+			best := slices.MinFunc(pc.Backends, func(a, b config.PoolMember) int { return cmp.Compare(a.Priority, b.Priority) })
+			b.passThrough = upstream.Target{Backend: backends[best.Backend]}
+		}
+	}
 	for _, m := range cfg.Models {
-		var groups []group
-		for _, d := range m.Deployments {
-			be, ok := backends[d.Backend]
-			if !ok {
-				return nil, fmt.Errorf("model %s: unknown backend %q", m.Name, d.Backend)
-			}
-			apiVersion := d.APIVersion
-			if apiVersion == "" {
-				apiVersion = cfg.Backend(d.Backend).APIVersion
-			}
-			t := upstream.Target{Backend: be, Deployment: d.Name, APIVersion: apiVersion}
-			i := slices.IndexFunc(groups, func(g group) bool { return g.priority == be.Priority })
-			if i < 0 {
-				groups = append(groups, group{priority: be.Priority})
-				i = len(groups) - 1
-			}
-			g := &groups[i]
-			total := be.Weight
-			if n := len(g.cum); n > 0 {
-				total += g.cum[n-1]
-			}
-			g.targets = append(g.targets, t)
-			g.cum = append(g.cum, total)
-		}
-		slices.SortFunc(groups, func(a, b group) int { return cmp.Compare(a.priority, b.priority) })
-		b.models[m.Name] = groups
+		b.models[m.Name] = m.Pool
 	}
-	for _, bc := range cfg.Backends {
-		be := backends[bc.Name]
-		if b.passThrough == nil || be.Priority < b.passThrough.Priority {
-			b.passThrough = be
-		}
-	}
-	if b.passThrough == nil {
-		return nil, fmt.Errorf("no backends")
+	if b.first == nil {
+		return nil, fmt.Errorf("no pools")
 	}
 	return b, nil
 }
 
-// Pick chooses the target for a model alias. An alias no backend serves is
-// a 404 *openai.Error naming it.
-func (b *Balancer) Pick(alias string) (upstream.Target, error) {
-	groups, ok := b.models[alias]
-	if !ok || len(groups) == 0 {
-		return upstream.Target{}, openai.Errorf(http.StatusNotFound, "DeploymentNotFound",
-			"the model %q is not served by this gateway; ask its operator which model aliases are configured", alias)
+// PoolFor names the pool serving alias for an app whose pool is appPool
+// (""): the model's pin, else the app's pool, else the first pool.
+func (b *Balancer) PoolFor(alias, appPool string) string {
+	if pin := b.models[alias]; pin != "" {
+		return pin
 	}
-	g := groups[0]
-	if len(g.targets) == 1 {
-		return g.targets[0], nil
+	if appPool != "" {
+		return appPool
 	}
-	n := rand.IntN(g.cum[len(g.cum)-1])
-	i, _ := slices.BinarySearch(g.cum, n+1)
-	return g.targets[i], nil
+	return b.first.name
 }
 
-// PassThrough returns the backend for operations not tied to a model alias.
-func (b *Balancer) PassThrough() upstream.Target {
-	return upstream.Target{Backend: b.passThrough}
+// Select starts the attempts of one request for alias in the named pool.
+// cost is the request's estimated tokens (prompt estimate + max_tokens),
+// used for steering; retries is false when the body cannot be re-sent.
+// An alias the pool does not serve is a 404 *openai.Error naming both.
+func (b *Balancer) Select(poolName, alias string, cost int64, retries bool) (*Selection, error) {
+	p, ok := b.pools[poolName]
+	if !ok {
+		p = b.first
+	}
+	groups, ok := p.aliases[alias]
+	if !ok {
+		if _, known := b.models[alias]; known {
+			return nil, openai.Errorf(http.StatusNotFound, "DeploymentNotFound",
+				"the model %q is not served by pool %q; ask the gateway's operator to add a deployment of it to that pool", alias, p.name)
+		}
+		return nil, openai.Errorf(http.StatusNotFound, "DeploymentNotFound",
+			"the model %q is not served by this gateway; ask its operator which model aliases are configured", alias)
+	}
+	maxAttempts := p.retry.Attempts
+	if !retries {
+		maxAttempts = 1
+	}
+	return &Selection{b: b, pool: p, alias: alias, groups: groups, cost: cost, maxAttempts: maxAttempts,
+		deadline: b.now().Add(p.retry.Budget)}, nil
+}
+
+// PassThrough starts the single attempt of an operation not tied to a model.
+func (b *Balancer) PassThrough() *Selection {
+	return &Selection{b: b, pool: b.first, fixed: &b.passThrough, maxAttempts: 1}
+}
+
+// Snapshot lists every backend deployment's state, sorted by backend and
+// deployment.
+func (b *Balancer) Snapshot() []Snapshot {
+	now := b.now()
+	out := make([]Snapshot, 0, len(b.states))
+	for _, s := range b.states {
+		out = append(out, s.snapshot(now))
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Backend != out[j].Backend {
+			return out[i].Backend < out[j].Backend
+		}
+		return out[i].Deployment < out[j].Deployment
+	})
+	return out
 }

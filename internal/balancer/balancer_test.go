@@ -2,7 +2,9 @@ package balancer
 
 import (
 	"errors"
+	"log/slog"
 	"math"
+	"net/http"
 	"testing"
 
 	"github.com/tokengate/tokengate/internal/config"
@@ -24,7 +26,7 @@ func newTest(t *testing.T, doc string) *Balancer {
 		}
 		backends[bc.Name] = b
 	}
-	bal, err := New(cfg, backends)
+	bal, err := New(cfg, backends, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,9 +36,12 @@ func newTest(t *testing.T, doc string) *Balancer {
 const doc = `
 identity: {anonymous: true}
 backends:
-  - {name: ptu, endpoint: "http://127.0.0.1:1", priority: 1, auth: {type: none}}
-  - {name: a, endpoint: "http://127.0.0.1:2", priority: 2, weight: 3, auth: {type: none}}
-  - {name: b, endpoint: "http://127.0.0.1:3", priority: 2, weight: 1, api_version: "2025-01-01", auth: {type: none}}
+  - {name: ptu, endpoint: "http://127.0.0.1:1", auth: {type: none}}
+  - {name: a, endpoint: "http://127.0.0.1:2", auth: {type: none}}
+  - {name: b, endpoint: "http://127.0.0.1:3", api_version: "2025-01-01", auth: {type: none}}
+pools:
+  - name: main
+    backends: [{backend: ptu, priority: 1}, {backend: a, priority: 2, weight: 3}, {backend: b, priority: 2, weight: 1}]
 models:
   - name: gpt-4o
     deployments: [{backend: ptu, name: gpt-4o-ptu, api_version: "2024-06-01"}, {backend: a}, {backend: b}]
@@ -44,13 +49,25 @@ models:
     deployments: [{backend: b, name: mini-b}, {backend: a, name: mini-a}]
 `
 
+// pick runs one selection's first attempt and reports success.
+func pick(t *testing.T, bal *Balancer, alias string) upstream.Target {
+	t.Helper()
+	s, err := bal.Select("main", alias, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Report(&http.Response{StatusCode: 200, Header: http.Header{}, Body: http.NoBody}, nil)
+	return got
+}
+
 func TestPickPrefersBestPriority(t *testing.T) {
 	bal := newTest(t, doc)
 	for range 100 {
-		got, err := bal.Pick("gpt-4o")
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := pick(t, bal, "gpt-4o")
 		if got.Backend.Name != "ptu" || got.Deployment != "gpt-4o-ptu" || got.APIVersion != "2024-06-01" {
 			t.Fatalf("got %s/%s@%s", got.Backend.Name, got.Deployment, got.APIVersion)
 		}
@@ -62,10 +79,7 @@ func TestPickWeights(t *testing.T) {
 	const n = 10000
 	count := map[string]int{}
 	for range n {
-		got, err := bal.Pick("mini")
-		if err != nil {
-			t.Fatal(err)
-		}
+		got := pick(t, bal, "mini")
 		count[got.Backend.Name]++
 		if got.Backend.Name == "b" && (got.Deployment != "mini-b" || got.APIVersion != "2025-01-01") {
 			t.Fatalf("b's deployment mapping: %+v", got)
@@ -81,12 +95,12 @@ func TestPickWeights(t *testing.T) {
 
 func TestPickUnknownAlias(t *testing.T) {
 	bal := newTest(t, doc)
-	_, err := bal.Pick("gpt-5")
+	_, err := bal.Select("main", "gpt-5", 0, true)
 	var e *openai.Error
 	if !errors.As(err, &e) || e.Status != 404 {
 		t.Fatalf("want a 404 naming the alias, got %v", err)
 	}
-	if pt := bal.PassThrough(); pt.Backend.Name != "ptu" || pt.Deployment != "" {
+	if pt, _ := bal.PassThrough().Next(); pt.Backend.Name != "ptu" || pt.Deployment != "" {
 		t.Fatalf("pass-through goes to the best-priority backend, got %+v", pt)
 	}
 }
@@ -97,9 +111,10 @@ func BenchmarkPick(b *testing.B) {
 	for _, bc := range cfg.Backends {
 		backends[bc.Name], _ = upstream.NewBackend(bc)
 	}
-	bal, _ := New(cfg, backends)
+	bal, _ := New(cfg, backends, slog.New(slog.DiscardHandler))
 	b.ReportAllocs()
 	for b.Loop() {
-		_, _ = bal.Pick("mini")
+		s, _ := bal.Select("main", "mini", 100, true)
+		_, _ = s.Next()
 	}
 }

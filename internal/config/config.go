@@ -25,6 +25,9 @@ type Config struct {
 	Upstream Upstream `yaml:"upstream"`
 	// Backends are the Azure OpenAI (or compatible) instances. At least one.
 	Backends []Backend `yaml:"backends"`
+	// Pools group backends for balancing. When empty, one pool "default"
+	// holds every backend at priority 1.
+	Pools []Pool `yaml:"pools"`
 	// Models maps the aliases clients name to per-backend deployments.
 	Models []Model `yaml:"models"`
 	// Identity configures inbound authentication.
@@ -76,6 +79,9 @@ type Upstream struct {
 	MaxIdleConnsPerHost int `yaml:"max_idle_conns_per_host"`
 	// IdleConnTimeout closes idle upstream connections. Default 90s.
 	IdleConnTimeout time.Duration `yaml:"idle_conn_timeout"`
+	// BackendHeader adds x-tokengate-backend (the backend's name, never
+	// its URL) to responses. Default true.
+	BackendHeader *bool `yaml:"backend_header"`
 }
 
 // Backend is one Azure OpenAI instance.
@@ -87,11 +93,6 @@ type Backend struct {
 	// https://contoso-eastus.openai.azure.com. Required; https, or http on a
 	// loopback address (simulators, local proxies).
 	Endpoint string `yaml:"endpoint"`
-	// Priority orders backends: 1 is used first, higher numbers only when
-	// every better one is unavailable. Default 1.
-	Priority int `yaml:"priority"`
-	// Weight shares traffic among backends of the same priority. Default 1.
-	Weight int `yaml:"weight"`
 	// APIVersion sent upstream for this backend's deployments unless a
 	// deployment overrides it. Default DefaultAPIVersion.
 	APIVersion string `yaml:"api_version"`
@@ -126,6 +127,8 @@ type BackendAuth struct {
 type Model struct {
 	// Name is the alias, e.g. gpt-4o. Required, unique.
 	Name string `yaml:"name"`
+	// Pool pins the alias to a pool, overriding the app's pool.
+	Pool string `yaml:"pool"`
 	// Deployments lists where the alias is served. At least one.
 	Deployments []Deployment `yaml:"deployments"`
 }
@@ -180,14 +183,48 @@ func Defaults() Config {
 
 // fill sets the defaults that depend on other fields; it runs after decoding.
 func (c *Config) fill() {
+	if len(c.Pools) == 0 {
+		p := Pool{Name: DefaultPool}
+		for _, b := range c.Backends {
+			p.Backends = append(p.Backends, PoolMember{Backend: b.Name})
+		}
+		c.Pools = []Pool{p}
+	}
+	for i := range c.Pools {
+		p := &c.Pools[i]
+		if p.Strategy == "" {
+			p.Strategy = "weighted"
+		}
+		for j := range p.Backends {
+			if p.Backends[j].Priority == 0 {
+				p.Backends[j].Priority = 1
+			}
+			if p.Backends[j].Weight == 0 {
+				p.Backends[j].Weight = 1
+			}
+		}
+		br := &p.Breaker
+		if len(br.TripOn) == 0 {
+			br.TripOn = []string{"429", "500-599"}
+		}
+		if br.Failures == 0 {
+			br.Failures = 1
+		}
+		if br.Interval == 0 {
+			br.Interval = 10 * time.Second
+		}
+		if br.TripDuration == 0 {
+			br.TripDuration = 10 * time.Second
+		}
+		if p.Retry.Attempts == 0 {
+			p.Retry.Attempts = 3
+		}
+		if p.Retry.Budget == 0 {
+			p.Retry.Budget = 60 * time.Second
+		}
+	}
 	for i := range c.Backends {
 		b := &c.Backends[i]
-		if b.Priority == 0 {
-			b.Priority = 1
-		}
-		if b.Weight == 0 {
-			b.Weight = 1
-		}
 		if b.APIVersion == "" {
 			b.APIVersion = DefaultAPIVersion
 		}
@@ -225,6 +262,9 @@ func (c *Config) fill() {
 		}
 	}
 }
+
+// DefaultPool names the pool built when the config lists none.
+const DefaultPool = "default"
 
 // Backend returns the backend called name, or nil.
 func (c *Config) Backend(name string) *Backend {

@@ -29,7 +29,11 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := cfg.Backends[0]
-	if b.Priority != 1 || b.Weight != 1 || b.APIVersion != DefaultAPIVersion || b.Auth.Type != AuthEntra || b.Auth.Scope != CognitiveServicesScope {
+	if p := cfg.Pools; len(p) != 1 || p[0].Name != DefaultPool || p[0].Backends[0] != (PoolMember{Backend: "east", Priority: 1, Weight: 1}) ||
+		p[0].Retry.Attempts != 3 || p[0].Breaker.Failures != 1 || !p[0].SteeringEnabled() || p[0].Strategy != "weighted" {
+		t.Errorf("default pool: %+v", cfg.Pools)
+	}
+	if b.APIVersion != DefaultAPIVersion || b.Auth.Type != AuthEntra || b.Auth.Scope != CognitiveServicesScope {
 		t.Errorf("backend defaults not filled: %+v", b)
 	}
 	if d := cfg.Models[0].Deployments[0]; d.Name != "gpt-4o" {
@@ -91,15 +95,20 @@ log: {level: loud}
 backends:
   - name: east
     endpoint: http://east.openai.azure.com
-    priority: -1
     auth: {type: api-key}
   - name: east
     endpoint: ftp://x
     auth: {type: magic}
   - name: "bad name"
     endpoint: https://user:pw@x.openai.azure.com
+pools:
+  - name: p
+    strategy: random
+    backends: [{backend: east, priority: -1}, {backend: ghost}]
+    breaker: {trip_on: ["429", "600-700", "x"]}
 models:
   - name: gpt-4o
+    pool: nope
     deployments:
       - backend: nowhere
       - backend: east
@@ -115,7 +124,12 @@ models:
 		"listen.max_body_bytes: must be positive",
 		"log.level:",
 		"backends[0].endpoint: \"http://east.openai.azure.com\" must be an https URL or a loopback http URL",
-		"backends[0].priority:",
+		"pools[0].backends[0].priority:",
+		"pools[0].backends[1].backend: no backend is named \"ghost\"",
+		"pools[0].strategy:",
+		"pools[0].breaker.trip_on[1]:",
+		"pools[0].breaker.trip_on[2]:",
+		"models[0].pool: no pool is named \"nope\"",
 		"backends[0].auth.api_key: required",
 		"backends[1].name: \"east\" is used by another backend",
 		"backends[1].endpoint:",

@@ -98,6 +98,9 @@ type App struct {
 	// Roles assigned to the app (built-in openai-user, openai-contributor,
 	// or a custom role).
 	Roles []string `yaml:"roles"`
+	// Pool serves the app's requests unless the model pins one. Default:
+	// the first pool.
+	Pool string `yaml:"pool"`
 	// Models the app may call; empty means every alias.
 	Models []string `yaml:"models"`
 	// Streaming allows stream=true. Default true.

@@ -76,12 +76,6 @@ func (c *Config) Validate() error {
 		if err := checkEndpoint(b.Endpoint); err != nil {
 			bad(p+".endpoint", "%v", err)
 		}
-		if b.Priority < 1 {
-			bad(p+".priority", "must be 1 or more (1 is used first)")
-		}
-		if b.Weight < 1 {
-			bad(p+".weight", "must be 1 or more")
-		}
 		switch b.Auth.Type {
 		case AuthEntra:
 			if b.Auth.APIKey != "" {
@@ -138,6 +132,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	c.validatePools(bad)
 	c.validateIdentity(bad)
 	return errors.Join(errs...)
 }

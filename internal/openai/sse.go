@@ -22,6 +22,12 @@ type EventReader struct {
 	err   error
 }
 
+// streamLost is sent in place of the rest of a stream whose backend
+// connection failed mid-way: a well-formed event the OpenAI SDKs raise as an
+// error, so the client sees the stream end with an error instead of a hang
+// or a truncated event.
+const streamLost = `data: {"error":{"code":"upstream_stream_lost","message":"the backend connection was lost mid-stream; the response is incomplete (it was not retried because part of it had been sent)"}}` + "\n\n"
+
 // NewEventReader frames src. Closing the EventReader closes src.
 func NewEventReader(src io.ReadCloser) *EventReader {
 	return &EventReader{src: src, br: bufio.NewReaderSize(src, 8<<10)}
@@ -48,7 +54,8 @@ func (e *EventReader) Read(p []byte) (int, error) {
 
 // Next returns the next whole event, including its terminating blank line,
 // valid until the next call. At the end of the stream it returns whatever
-// trailing bytes remain along with the error (io.EOF at a clean end).
+// trailing bytes remain with io.EOF. When the source fails mid-stream, the
+// unterminated event is replaced by an error event, then io.EOF.
 func (e *EventReader) Next() ([]byte, error) {
 	e.event, e.off = e.event[:0], 0
 	for len(e.event) < maxEvent {
@@ -57,8 +64,14 @@ func (e *EventReader) Next() ([]byte, error) {
 		if err == bufio.ErrBufferFull {
 			continue
 		}
-		if err != nil {
+		if err == io.EOF {
 			e.err = err
+			break
+		}
+		if err != nil {
+			// Drop the unterminated event and end with an error event.
+			e.event = append(e.event[:0], streamLost...)
+			e.err = io.EOF
 			break
 		}
 		if len(line) == 1 || (len(line) == 2 && line[0] == '\r') {

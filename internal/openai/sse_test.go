@@ -42,12 +42,12 @@ func TestEventReaderSmallBufferAndTail(t *testing.T) {
 	}
 }
 
-func TestEventReaderPassesErrors(t *testing.T) {
-	boom := errors.New("reset")
-	src := io.MultiReader(strings.NewReader("data: 1\n\ndata: 2"), iotest.ErrReader(boom))
+func TestEventReaderEndsLostStreamsWithAnErrorEvent(t *testing.T) {
+	boom := errors.New("connection reset by peer")
+	src := io.MultiReader(strings.NewReader("data: 1\n\ndata: {\"trunc"), iotest.ErrReader(boom))
 	r := NewEventReader(io.NopCloser(src))
 	got, err := io.ReadAll(r)
-	if !errors.Is(err, boom) || string(got) != "data: 1\n\ndata: 2" {
+	if err != nil || string(got) != "data: 1\n\n"+streamLost {
 		t.Fatalf("got %q, %v", got, err)
 	}
 }

@@ -61,7 +61,7 @@ func (x *exchange) complete(dep *deployment, req *request, prompt, length int) {
 		}
 	}
 
-	lat := x.in.cfg.Latency
+	lat := x.lat
 	var interval time.Duration
 	if lat.TokensPerSecond > 0 {
 		// Capped so an absurdly small rate cannot overflow the deadline maths.
@@ -182,7 +182,7 @@ func (c *completion) appendHeader(b []byte, chunk bool) []byte {
 // flushed on its own; tokens are paced by time_to_first_token and
 // tokens_per_second.
 func (x *exchange) stream(c *completion, start time.Time, interval time.Duration) {
-	lat := x.in.cfg.Latency
+	lat := x.lat
 	if err := x.sleepUntil(start.Add(lat.TimeToFirstToken)); err != nil {
 		x.interrupted(err)
 		return
@@ -220,7 +220,7 @@ func (x *exchange) stream(c *completion, start time.Time, interval time.Duration
 		}
 	}
 
-	reset := x.in.dice.chance(x.in.cfg.Faults.ResetRate)
+	reset := x.in.dice.chance(x.faults.ResetRate)
 	cutAfter := max(1, c.length/2)
 	for t := range c.length {
 		if t > 0 {

@@ -40,6 +40,13 @@ type InstanceConfig struct {
 	Latency Latency `yaml:"latency"`
 	// Faults injects failures.
 	Faults Faults `yaml:"faults"`
+	// RateLimitWindow is the span of the rolling window over which every
+	// deployment's RPM and TPM are enforced: each is a budget per window, so
+	// with rate_limit_window "2s" and rpm 10 a deployment admits 10 requests per
+	// 2 seconds. The limits keep their per-minute names because a minute is
+	// what Azure uses; shorter windows let tests watch limits recover quickly.
+	// Default 60s.
+	RateLimitWindow time.Duration `yaml:"rate_limit_window"`
 	// CompletionTokens is the natural length of a generated completion, used
 	// when the request's max_tokens / max_completion_tokens is absent or larger.
 	// Default 64.
@@ -77,6 +84,16 @@ type Faults struct {
 	ExtraLatency time.Duration `yaml:"extra_latency"`
 	// ExtraLatencyRate is the fraction of requests delayed by ExtraLatency.
 	ExtraLatencyRate float64 `yaml:"extra_latency_rate"`
+	// ThrottleRate is the fraction of valid requests to a deployment answered
+	// 429 exactly as a rate limit would answer them (Azure's body, retry-after
+	// and retry-after-ms, the deployment's x-ratelimit-* headers as they stand),
+	// whatever the deployment's limits. It is drawn before the rate limiter, so
+	// a throttled request is not charged to the RPM/TPM budget. Default 0.
+	ThrottleRate float64 `yaml:"throttle_rate"`
+	// ThrottleRetryAfter is the wait a ThrottleRate 429 asks for: retry-after
+	// carries it in whole seconds rounded up, retry-after-ms in milliseconds
+	// rounded up. Zero means 1s.
+	ThrottleRetryAfter time.Duration `yaml:"throttle_retry_after"`
 }
 
 // DeploymentConfig is one model deployment.
@@ -101,6 +118,7 @@ type DeploymentConfig struct {
 const (
 	DefaultListen           = "127.0.0.1:0"
 	DefaultCompletionTokens = 64
+	DefaultRateLimitWindow  = time.Minute
 )
 
 // LoadConfig reads, parses and validates a YAML configuration file. Unknown
@@ -184,26 +202,11 @@ func (c InstanceConfig) validate(prefix string) []error {
 	if c.CompletionTokens < 0 {
 		add("completion_tokens", "must not be negative, got %d", c.CompletionTokens)
 	}
-	if c.Latency.TimeToFirstToken < 0 {
-		add("latency.time_to_first_token", "must not be negative, got %s", c.Latency.TimeToFirstToken)
+	if c.RateLimitWindow < 0 {
+		add("rate_limit_window", "must not be negative (0 means %s), got %s", DefaultRateLimitWindow, c.RateLimitWindow)
 	}
-	if c.Latency.TokensPerSecond < 0 {
-		add("latency.tokens_per_second", "must not be negative (0 means unlimited), got %g", c.Latency.TokensPerSecond)
-	}
-	if c.Latency.Extra < 0 {
-		add("latency.extra", "must not be negative, got %s", c.Latency.Extra)
-	}
-	rate := func(field string, v float64) {
-		if !(v >= 0 && v <= 1) { // also rejects NaN
-			add(field, "must be a fraction between 0 and 1, got %g", v)
-		}
-	}
-	rate("faults.error_rate", c.Faults.ErrorRate)
-	rate("faults.reset_rate", c.Faults.ResetRate)
-	rate("faults.extra_latency_rate", c.Faults.ExtraLatencyRate)
-	if c.Faults.ExtraLatency < 0 {
-		add("faults.extra_latency", "must not be negative, got %s", c.Faults.ExtraLatency)
-	}
+	errs = append(errs, c.Latency.validate(prefix+"latency.")...)
+	errs = append(errs, c.Faults.validate(prefix+"faults.")...)
 	if len(c.Deployments) == 0 {
 		add("deployments", "at least one deployment is required")
 	}
@@ -235,6 +238,52 @@ func (c InstanceConfig) validate(prefix string) []error {
 	return errs
 }
 
+// Validate reports every problem of l, joined with errors.Join.
+func (l Latency) Validate() error { return errors.Join(l.validate("")...) }
+
+func (l Latency) validate(prefix string) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s%s: %s", prefix, field, fmt.Sprintf(format, args...)))
+	}
+	if l.TimeToFirstToken < 0 {
+		add("time_to_first_token", "must not be negative, got %s", l.TimeToFirstToken)
+	}
+	if !(l.TokensPerSecond >= 0) { // also rejects NaN
+		add("tokens_per_second", "must not be negative (0 means unlimited), got %g", l.TokensPerSecond)
+	}
+	if l.Extra < 0 {
+		add("extra", "must not be negative, got %s", l.Extra)
+	}
+	return errs
+}
+
+// Validate reports every problem of f, joined with errors.Join.
+func (f Faults) Validate() error { return errors.Join(f.validate("")...) }
+
+func (f Faults) validate(prefix string) []error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s%s: %s", prefix, field, fmt.Sprintf(format, args...)))
+	}
+	rate := func(field string, v float64) {
+		if !(v >= 0 && v <= 1) { // also rejects NaN
+			add(field, "must be a fraction between 0 and 1, got %g", v)
+		}
+	}
+	rate("error_rate", f.ErrorRate)
+	rate("reset_rate", f.ResetRate)
+	rate("extra_latency_rate", f.ExtraLatencyRate)
+	rate("throttle_rate", f.ThrottleRate)
+	if f.ExtraLatency < 0 {
+		add("extra_latency", "must not be negative, got %s", f.ExtraLatency)
+	}
+	if f.ThrottleRetryAfter < 0 {
+		add("throttle_retry_after", "must not be negative (0 means 1s), got %s", f.ThrottleRetryAfter)
+	}
+	return errs
+}
+
 // withDefaults returns c with unset fields set to their defaults.
 func (c InstanceConfig) withDefaults() InstanceConfig {
 	if c.Listen == "" {
@@ -242,6 +291,9 @@ func (c InstanceConfig) withDefaults() InstanceConfig {
 	}
 	if c.CompletionTokens == 0 {
 		c.CompletionTokens = DefaultCompletionTokens
+	}
+	if c.RateLimitWindow == 0 {
+		c.RateLimitWindow = DefaultRateLimitWindow
 	}
 	c.Deployments = append([]DeploymentConfig(nil), c.Deployments...)
 	return c

@@ -34,6 +34,10 @@ func TestLoadConfigExample(t *testing.T) {
 		{"paygo extra", paygo.Latency.Extra, 20 * time.Millisecond},
 		{"paygo error rate", paygo.Faults.ErrorRate, 0.02},
 		{"paygo extra latency", paygo.Faults.ExtraLatency, 2 * time.Second},
+		{"paygo throttle rate", paygo.Faults.ThrottleRate, 0.01},
+		{"paygo throttle retry after", paygo.Faults.ThrottleRetryAfter, 2 * time.Second},
+		{"paygo window", paygo.RateLimitWindow, time.Minute},
+		{"ptu window default", ptu.RateLimitWindow, DefaultRateLimitWindow},
 		{"paygo rpm", paygo.Deployments[0].RPM, 60},
 		{"paygo tpm", paygo.Deployments[1].TPM, 10000},
 	}
@@ -56,11 +60,14 @@ instances:
   - name: a
     listen: "not-an-address"
     completion_tokens: -1
+    rate_limit_window: -2s
     latency:
       tokens_per_second: -5
     faults:
       error_rate: 1.5
       reset_rate: -0.1
+      throttle_rate: 2
+      throttle_retry_after: -1s
     deployments:
       - name: ""
         model: gpt-4o
@@ -87,6 +94,9 @@ instances:
 		"instances[0].latency.tokens_per_second: must not be negative",
 		"instances[0].faults.error_rate: must be a fraction between 0 and 1",
 		"instances[0].faults.reset_rate: must be a fraction between 0 and 1",
+		"instances[0].rate_limit_window: must not be negative",
+		"instances[0].faults.throttle_rate: must be a fraction between 0 and 1",
+		"instances[0].faults.throttle_retry_after: must not be negative",
 		"instances[0].deployments[0].name: required",
 		"instances[0].deployments[1].name: \"x/y\" must not contain '/'",
 		"instances[0].deployments[1].model: required",

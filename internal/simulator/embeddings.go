@@ -13,7 +13,7 @@ import (
 // With encoding_format "base64" each vector is the base64 of its little-endian
 // float32 values, which is what the official Python SDK asks for by default.
 func (x *exchange) embed(dep *deployment, req *request, prompt int) {
-	if err := x.sleep(x.in.cfg.Latency.TimeToFirstToken); err != nil {
+	if err := x.sleep(x.lat.TimeToFirstToken); err != nil {
 		x.interrupted(err)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -148,5 +149,178 @@ func TestExtraLatency(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestThrottleRate(t *testing.T) {
+	tests := []struct {
+		name          string
+		retryAfter    time.Duration
+		secs, ms      string
+		secondsPhrase string
+	}{
+		{"default", 0, "1", "1000", "retry after 1 second."},
+		{"7s", 7 * time.Second, "7", "7000", "retry after 7 seconds."},
+		{"rounded up", 1500 * time.Millisecond, "2", "1500", "retry after 2 seconds."},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.Deployments[0].RPM = 1
+			cfg.Faults = Faults{ThrottleRate: 1, ThrottleRetryAfter: tt.retryAfter}
+			obs := newObservations()
+			in, srv := newServer(t, cfg, obs.option())
+			url := deploymentURL(srv.URL, "gpt-4o", "chat/completions")
+			for range 3 {
+				resp, b := post(t, url, chatBody, nil)
+				if resp.StatusCode != http.StatusTooManyRequests {
+					t.Fatalf("status %d, want 429: %s", resp.StatusCode, b)
+				}
+				for h, want := range map[string]string{
+					"retry-after":                    tt.secs,
+					"retry-after-ms":                 tt.ms,
+					"x-ratelimit-limit-requests":     "1",
+					"x-ratelimit-remaining-requests": "1", // throttling is not charged
+					"x-ratelimit-reset-requests":     "0s",
+				} {
+					if got := resp.Header.Get(h); got != want {
+						t.Errorf("%s = %q, want %q", h, got, want)
+					}
+				}
+				e := decode[errorBody](t, b)
+				if e.Error.Code == nil || *e.Error.Code != "429" || !strings.Contains(e.Error.Message, "exceeded call rate limit") || !strings.Contains(e.Error.Message, tt.secondsPhrase) {
+					t.Errorf("body = %s", b)
+				}
+				if o := obs.next(t, time.Second); o.Status != 429 || o.Deployment != "gpt-4o" {
+					t.Errorf("observation status %d deployment %q", o.Status, o.Deployment)
+				}
+			}
+			// Requests that never reach a deployment are not throttled.
+			if resp, _ := post(t, deploymentURL(srv.URL, "nope", "chat/completions"), chatBody, nil); resp.StatusCode != 404 {
+				t.Errorf("unknown deployment: status %d, want 404", resp.StatusCode)
+			}
+			// Recovery: the throttled requests left the RPM budget untouched.
+			if err := in.SetFaults(Faults{}); err != nil {
+				t.Fatal(err)
+			}
+			if resp, b := post(t, url, chatBody, nil); resp.StatusCode != 200 {
+				t.Fatalf("after SetFaults: status %d: %s", resp.StatusCode, b)
+			}
+		})
+	}
+}
+
+func TestThrottleRateFractional(t *testing.T) {
+	cfg := testConfig()
+	cfg.Faults.ThrottleRate = 0.5
+	in, srv := newServer(t, cfg, WithSeed(3))
+	for range 200 {
+		post(t, deploymentURL(srv.URL, "gpt-4o", "chat/completions"), chatBody, nil)
+	}
+	st := in.Stats()
+	if n := st.ByStatus[429]; n < 60 || n > 140 || st.ByStatus[200]+n != 200 {
+		t.Errorf("statuses %v at throttle_rate 0.5", st.ByStatus)
+	}
+}
+
+func TestSetFaultsAndLatency(t *testing.T) {
+	in, srv := newServer(t, testConfig())
+	url := deploymentURL(srv.URL, "gpt-4o", "chat/completions")
+	status := func() int {
+		resp, _ := post(t, url, chatBody, nil)
+		return resp.StatusCode
+	}
+	if got := status(); got != 200 {
+		t.Fatalf("healthy: status %d", got)
+	}
+
+	if err := in.SetFaults(Faults{ErrorRate: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if got := in.Faults(); got.ErrorRate != 1 {
+		t.Errorf("Faults() = %+v", got)
+	}
+	for range 5 {
+		if got := status(); got != 500 && got != 503 {
+			t.Fatalf("failing: status %d, want 500 or 503", got)
+		}
+	}
+	if err := in.SetFaults(Faults{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := status(); got != 200 {
+		t.Fatalf("recovered: status %d", got)
+	}
+
+	if err := in.SetLatency(Latency{Extra: 150 * time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	status()
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Errorf("slow: answered in %s, want at least 150ms", d)
+	}
+	if err := in.SetLatency(Latency{}); err != nil {
+		t.Fatal(err)
+	}
+	if in.Latency() != (Latency{}) {
+		t.Errorf("Latency() = %+v", in.Latency())
+	}
+
+	// Invalid settings are refused whole and change nothing.
+	err := in.SetFaults(Faults{ErrorRate: 2, ThrottleRetryAfter: -time.Second})
+	if err == nil || !strings.Contains(err.Error(), "error_rate") || !strings.Contains(err.Error(), "throttle_retry_after") {
+		t.Errorf("SetFaults(invalid) = %v", err)
+	}
+	if err := in.SetLatency(Latency{TokensPerSecond: -1}); err == nil {
+		t.Error("SetLatency(invalid) succeeded")
+	}
+	if in.Faults() != (Faults{}) || in.Latency() != (Latency{}) {
+		t.Errorf("invalid settings were applied: %+v %+v", in.Faults(), in.Latency())
+	}
+}
+
+func TestSetFaultsWhileServing(t *testing.T) {
+	cfg := testConfig()
+	cfg.CompletionTokens = 4
+	in, srv := newServer(t, cfg)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := http.Post(deploymentURL(srv.URL, "gpt-4o", "chat/completions"), "application/json",
+					strings.NewReader(`{"messages":[{"role":"user","content":"hi"}],"stream":true}`))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		})
+	}
+	for i := range 50 {
+		f := Faults{}
+		if i%2 == 0 {
+			f = Faults{ErrorRate: 0.5, ThrottleRate: 0.2, ResetRate: 0.5}
+		}
+		if err := in.SetFaults(f); err != nil {
+			t.Fatal(err)
+		}
+		if err := in.SetLatency(Latency{TokensPerSecond: float64(1000 + i)}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(stop)
+	wg.Wait()
+	if in.Stats().Requests == 0 {
+		t.Error("no requests were served")
 	}
 }

@@ -5,14 +5,12 @@ import (
 	"time"
 )
 
-// rateWindow is the span of the requests- and tokens-per-minute limits.
-const rateWindow = time.Minute
-
-// limiter enforces one deployment's RPM and TPM over a rolling 60-second
-// window: a request is admitted when, counting every admission of the last 60
-// seconds plus this one, neither limit is exceeded. (Azure itself enforces
-// RPM/6 per 10 seconds and TPM over about a minute; a rolling minute keeps the
-// configured numbers literal and window tests simple.) A request's token cost
+// limiter enforces one deployment's RPM and TPM over a rolling window
+// (InstanceConfig.RateLimitWindow, a minute by default): a request is admitted
+// when, counting every admission of the last window plus this one, neither
+// limit is exceeded. (Azure itself enforces RPM/6 per 10 seconds and TPM over
+// about a minute; a rolling window keeps the configured numbers literal and
+// window tests simple.) A request's token cost
 // is fixed at admission — prompt tokens plus the maximum completion tokens it
 // may generate, as Azure estimates it — and is never refunded.
 //
@@ -20,6 +18,7 @@ const rateWindow = time.Minute
 // backwards.
 type limiter struct {
 	rpm, tpm int
+	window   time.Duration
 
 	mu      sync.Mutex
 	log     []admission // admissions in time order, from head on
@@ -40,23 +39,39 @@ type decision struct {
 	// Azure's words.
 	kind       string
 	retryAfter time.Duration
-	// remainingRequests and remainingTokens are what is left in the window after
-	// this decision; -1 when that limit is not configured.
-	remainingRequests, remainingTokens int
+	budget     // after this decision
 }
 
-func newLimiter(rpm, tpm int) *limiter {
+// budget is what a deployment's limits have left at one moment.
+type budget struct {
+	// remainingRequests and remainingTokens are what is left in the window; -1
+	// when that limit is not configured.
+	remainingRequests, remainingTokens int
+	// resetRequests and resetTokens are how long until that budget is whole
+	// again, which in a rolling window is when the newest admission that
+	// charged it leaves the window (OpenAI's "time until the rate limit resets
+	// to its initial state"); 0 when nothing is charged. They are not the
+	// wait before the next request fits: that is the 429's retry-after.
+	resetRequests, resetTokens time.Duration
+}
+
+// unlimited is the budget of a deployment without limits.
+var unlimited = budget{remainingRequests: -1, remainingTokens: -1}
+
+// newLimiter returns a limiter of rpm requests and tpm tokens per window, or
+// nil when neither is limited.
+func newLimiter(rpm, tpm int, window time.Duration) *limiter {
 	if rpm <= 0 && tpm <= 0 {
 		return nil
 	}
-	return &limiter{rpm: rpm, tpm: tpm}
+	return &limiter{rpm: rpm, tpm: tpm, window: window}
 }
 
 // admit decides whether a request costing cost tokens may run at now, and if
 // so records it. A nil limiter admits everything.
 func (l *limiter) admit(now time.Time, cost int) decision {
 	if l == nil {
-		return decision{allowed: true, remainingRequests: -1, remainingTokens: -1}
+		return decision{allowed: true, budget: unlimited}
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -66,18 +81,18 @@ func (l *limiter) admit(now time.Time, cost int) decision {
 	if l.rpm > 0 && l.current+1 > l.rpm {
 		d.allowed, d.kind = false, "call"
 		// The oldest current-rpm+1 admissions must leave the window.
-		d.retryAfter = l.log[l.head+l.current-l.rpm].at.Add(rateWindow).Sub(now)
+		d.retryAfter = l.log[l.head+l.current-l.rpm].at.Add(l.window).Sub(now)
 	}
 	if l.tpm > 0 && l.tokens+cost > l.tpm {
 		var wait time.Duration
 		if cost > l.tpm {
-			wait = rateWindow // never fits; Azure keeps answering 429 too
+			wait = l.window // never fits; Azure keeps answering 429 too
 		} else {
 			freed := 0
 			for i := l.head; i < len(l.log); i++ {
 				freed += l.log[i].cost
 				if l.tokens-freed+cost <= l.tpm {
-					wait = l.log[i].at.Add(rateWindow).Sub(now)
+					wait = l.log[i].at.Add(l.window).Sub(now)
 					break
 				}
 			}
@@ -95,36 +110,45 @@ func (l *limiter) admit(now time.Time, cost int) decision {
 	if d.retryAfter < 0 {
 		d.retryAfter = 0
 	}
-	d.remainingRequests, d.remainingTokens = l.remaining()
+	d.budget = l.remaining(now)
 	return d
 }
 
-// peek returns the remaining requests and tokens without admitting anything;
-// -1 for an unconfigured limit.
-func (l *limiter) peek(now time.Time) (requests, tokens int) {
+// peek returns the budget left at now without admitting anything.
+func (l *limiter) peek(now time.Time) budget {
 	if l == nil {
-		return -1, -1
+		return unlimited
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.expire(now)
-	return l.remaining()
+	return l.remaining(now)
 }
 
-func (l *limiter) remaining() (requests, tokens int) {
-	requests, tokens = -1, -1
+// remaining is the budget at now. Called with mu held, after expire(now).
+func (l *limiter) remaining(now time.Time) budget {
+	b := unlimited
 	if l.rpm > 0 {
-		requests = max(l.rpm-l.current, 0)
+		b.remainingRequests = max(l.rpm-l.current, 0)
+		if l.current > 0 {
+			b.resetRequests = l.log[len(l.log)-1].at.Add(l.window).Sub(now)
+		}
 	}
 	if l.tpm > 0 {
-		tokens = max(l.tpm-l.tokens, 0)
+		b.remainingTokens = max(l.tpm-l.tokens, 0)
+		for i := len(l.log) - 1; i >= l.head; i-- {
+			if l.log[i].cost > 0 {
+				b.resetTokens = l.log[i].at.Add(l.window).Sub(now)
+				break
+			}
+		}
 	}
-	return requests, tokens
+	return b
 }
 
 // expire drops admissions older than the window. Called with mu held.
 func (l *limiter) expire(now time.Time) {
-	cutoff := now.Add(-rateWindow)
+	cutoff := now.Add(-l.window)
 	for l.head < len(l.log) && !l.log[l.head].at.After(cutoff) {
 		l.tokens -= l.log[l.head].cost
 		l.head++

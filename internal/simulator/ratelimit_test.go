@@ -55,7 +55,7 @@ func TestLimiter(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			l := newLimiter(tt.rpm, tt.tpm)
+			l := newLimiter(tt.rpm, tt.tpm, DefaultRateLimitWindow)
 			for i, s := range tt.steps {
 				d := l.admit(t0.Add(s.at), s.cost)
 				if d.allowed != s.allowed || d.kind != s.kind || d.retryAfter != s.retry || d.remainingRequests != s.remReq || d.remainingTokens != s.remToken {
@@ -64,7 +64,7 @@ func TestLimiter(t *testing.T) {
 			}
 		})
 	}
-	if l := newLimiter(0, 0); l != nil {
+	if l := newLimiter(0, 0, DefaultRateLimitWindow); l != nil {
 		t.Error("an unlimited deployment got a limiter")
 	}
 	var none *limiter
@@ -74,7 +74,7 @@ func TestLimiter(t *testing.T) {
 }
 
 func TestLimiterCompacts(t *testing.T) {
-	l := newLimiter(10, 0)
+	l := newLimiter(10, 0, DefaultRateLimitWindow)
 	t0 := time.Now()
 	for i := range 10000 {
 		l.admit(t0.Add(time.Duration(i)*7*time.Second), 1)
@@ -184,8 +184,8 @@ func TestRateLimitHeadersOnErrors(t *testing.T) {
 	cfg.Deployments[0].RPM = 5
 	_, srv := newServer(t, cfg)
 	resp, _ := post(t, deploymentURL(srv.URL, "gpt-4o", "chat/completions"), `{"messages":[]}`, nil)
-	if resp.StatusCode != 400 || resp.Header.Get("x-ratelimit-remaining-requests") != "5" {
-		t.Errorf("400: status %d, remaining %q", resp.StatusCode, resp.Header.Get("x-ratelimit-remaining-requests"))
+	if resp.StatusCode != 400 || resp.Header.Get("x-ratelimit-remaining-requests") != "5" || resp.Header.Get("x-ratelimit-reset-requests") != "0s" {
+		t.Errorf("400: status %d, remaining %q, reset %q", resp.StatusCode, resp.Header.Get("x-ratelimit-remaining-requests"), resp.Header.Get("x-ratelimit-reset-requests"))
 	}
 }
 
@@ -230,5 +230,143 @@ func check429(t *testing.T, resp *http.Response, body []byte, kind string, retry
 		" have exceeded " + kind + " rate limit of your current OpenAI S0 pricing tier. Please retry after " + strconv.Itoa(retrySeconds) + " seconds."
 	if !strings.HasPrefix(e.Error.Message, want) {
 		t.Errorf("message = %q\nwant prefix %q", e.Error.Message, want)
+	}
+}
+
+func TestLimiterReset(t *testing.T) {
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	l := newLimiter(3, 100, 2*time.Second)
+	type want struct {
+		remReq, remTok     int
+		resetReq, resetTok time.Duration
+	}
+	steps := []struct {
+		name  string
+		at    time.Duration
+		admit int // cost to admit; -1 to peek
+		want  want
+	}{
+		{"untouched", 0, -1, want{3, 100, 0, 0}},
+		{"first", 0, 10, want{2, 90, 2 * time.Second, 2 * time.Second}},
+		{"second: whole again when the newest leaves", 500 * time.Millisecond, 20, want{1, 70, 2 * time.Second, 2 * time.Second}},
+		{"later", time.Second, -1, want{1, 70, 1500 * time.Millisecond, 1500 * time.Millisecond}},
+		{"a free request charges no tokens", 1200 * time.Millisecond, 0, want{0, 70, 2 * time.Second, 1300 * time.Millisecond}},
+		{"all gone", 3200 * time.Millisecond, -1, want{3, 100, 0, 0}},
+	}
+	for _, s := range steps {
+		var b budget
+		if s.admit < 0 {
+			b = l.peek(t0.Add(s.at))
+		} else {
+			d := l.admit(t0.Add(s.at), s.admit)
+			if !d.allowed {
+				t.Fatalf("%s: refused: %+v", s.name, d)
+			}
+			b = d.budget
+		}
+		got := want{b.remainingRequests, b.remainingTokens, b.resetRequests, b.resetTokens}
+		if got != s.want {
+			t.Errorf("%s: got %+v, want %+v", s.name, got, s.want)
+		}
+	}
+}
+
+func TestFormatReset(t *testing.T) {
+	tests := []struct {
+		d    time.Duration
+		want string
+	}{
+		{-time.Second, "0s"},
+		{0, "0s"},
+		{time.Nanosecond, "1ms"}, // rounded up: never a reset sooner than the truth
+		{20 * time.Millisecond, "20ms"},
+		{time.Second, "1s"},
+		{1500 * time.Millisecond, "1.5s"},
+		{1234567 * time.Microsecond, "1.235s"},
+		{6 * time.Minute, "6m0s"},
+	}
+	for _, tt := range tests {
+		if got := formatReset(tt.d); got != tt.want {
+			t.Errorf("formatReset(%s) = %q, want %q", tt.d, got, tt.want)
+		}
+		if d, err := time.ParseDuration(formatReset(tt.d)); err != nil || d < tt.d {
+			t.Errorf("formatReset(%s) parses back as %s, %v", tt.d, d, err)
+		}
+	}
+}
+
+func TestRateLimitWindowAndResetHeaders(t *testing.T) {
+	clock := newFakeClock()
+	cfg := testConfig()
+	cfg.RateLimitWindow = 2 * time.Second
+	cfg.Deployments[0].RPM = 2
+	cfg.Deployments[0].TPM = 100000
+	_, srv := newServer(t, cfg, WithClock(clock.Now))
+	url := deploymentURL(srv.URL, "gpt-4o", "chat/completions")
+
+	for i := range 2 {
+		resp, b := post(t, url, chatBody, nil)
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d: %s", i, resp.StatusCode, b)
+		}
+		for _, h := range []string{"x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"} {
+			if got := resp.Header.Get(h); got != "2s" {
+				t.Errorf("request %d: %s = %q, want 2s", i, h, got)
+			}
+		}
+		clock.Advance(500 * time.Millisecond)
+	}
+
+	// At 1s the window of 2 requests is full until the first leaves at 2s.
+	resp, b := post(t, url, chatBody, nil)
+	if resp.StatusCode != 429 {
+		t.Fatalf("third request: status %d: %s", resp.StatusCode, b)
+	}
+	for h, want := range map[string]string{
+		"retry-after":                    "1",
+		"retry-after-ms":                 "1000",
+		"x-ratelimit-remaining-requests": "0",
+		"x-ratelimit-reset-requests":     "1.5s", // the second leaves at 2.5s
+		"x-ratelimit-reset-tokens":       "1.5s",
+	} {
+		if got := resp.Header.Get(h); got != want {
+			t.Errorf("429: %s = %q, want %q", h, got, want)
+		}
+	}
+
+	clock.Advance(time.Second)
+	if resp, b := post(t, url, chatBody, nil); resp.StatusCode != 200 {
+		t.Fatalf("after the first left the window: status %d: %s", resp.StatusCode, b)
+	}
+
+	// Unlimited deployments send no rate-limit headers at all.
+	resp, _ = post(t, deploymentURL(srv.URL, "gpt-35", "chat/completions"), chatBody, nil)
+	for h := range resp.Header {
+		if strings.HasPrefix(strings.ToLower(h), "x-ratelimit-") {
+			t.Errorf("unlimited deployment sent %s", h)
+		}
+	}
+}
+
+func TestRateLimitWindowOnTheWallClock(t *testing.T) {
+	cfg := testConfig()
+	cfg.RateLimitWindow = 300 * time.Millisecond
+	cfg.Deployments[0].RPM = 1
+	_, srv := newServer(t, cfg)
+	url := deploymentURL(srv.URL, "gpt-4o", "chat/completions")
+	if resp, b := post(t, url, chatBody, nil); resp.StatusCode != 200 {
+		t.Fatalf("first: status %d: %s", resp.StatusCode, b)
+	}
+	resp, _ := post(t, url, chatBody, nil)
+	if resp.StatusCode != 429 || resp.Header.Get("retry-after") != "1" {
+		t.Fatalf("second: status %d, retry-after %q", resp.StatusCode, resp.Header.Get("retry-after"))
+	}
+	ms, _ := strconv.Atoi(resp.Header.Get("retry-after-ms"))
+	if ms < 1 || ms > 300 {
+		t.Errorf("retry-after-ms = %d, want within the 300ms window", ms)
+	}
+	time.Sleep(time.Duration(ms)*time.Millisecond + 20*time.Millisecond)
+	if resp, b := post(t, url, chatBody, nil); resp.StatusCode != 200 {
+		t.Fatalf("after retry-after-ms: status %d: %s", resp.StatusCode, b)
 	}
 }

@@ -21,8 +21,18 @@
 // A request goes through, in order: extra latency, authentication (401),
 // routing (404; a missing api-version is a 404 too, as on Azure), deployment
 // lookup (404 DeploymentNotFound), operation check (400 OperationNotSupported),
-// body validation (400), rate limiting (429), fault injection (500/503), then
-// generation.
+// body validation (400), injected throttling (429, faults.throttle_rate), rate
+// limiting (429), injected server errors (500/503), then generation.
+//
+// Every response from a deployment with an RPM or TPM limit carries Azure's
+// x-ratelimit-limit-*, x-ratelimit-remaining-* and OpenAI's
+// x-ratelimit-reset-* headers (the last as a Go-style duration rounded up to
+// the millisecond: "20ms", "1.5s", "1m0s"); a 429 adds retry-after and
+// retry-after-ms.
+//
+// Faults and latency can be changed while serving ([Instance.SetFaults],
+// [Instance.SetLatency]), so a test can make a backend fail, slow down and
+// recover.
 package simulator
 
 import (
@@ -142,6 +152,9 @@ type Instance struct {
 	closing   chan struct{}
 	closeOnce sync.Once
 
+	faults  atomic.Pointer[Faults]  // never nil; replaced whole by SetFaults
+	latency atomic.Pointer[Latency] // never nil; replaced whole by SetLatency
+
 	requests, inFlight, cancelled, resets atomic.Int64
 	byStatus                              [600]atomic.Int64
 
@@ -194,6 +207,8 @@ func New(cfg InstanceConfig, logger *slog.Logger, opts ...Option) (*Instance, er
 		closing:     make(chan struct{}),
 		maxBody:     maxBodyBytes,
 	}
+	in.faults.Store(&cfg.Faults)
+	in.latency.Store(&cfg.Latency)
 	if cfg.APIKey != "" {
 		in.apiKey = []byte(cfg.APIKey)
 	}
@@ -201,12 +216,12 @@ func New(cfg InstanceConfig, logger *slog.Logger, opts ...Option) (*Instance, er
 		in.bearer = []byte(cfg.BearerToken)
 	}
 	for _, d := range cfg.Deployments {
-		in.deployments[d.Name] = newDeployment(d)
+		in.deployments[d.Name] = newDeployment(d, cfg.RateLimitWindow)
 	}
 	return in, nil
 }
 
-func newDeployment(d DeploymentConfig) *deployment {
+func newDeployment(d DeploymentConfig, window time.Duration) *deployment {
 	model := strings.ToLower(d.Model)
 	dep := &deployment{
 		name:        d.Name,
@@ -219,7 +234,7 @@ func newDeployment(d DeploymentConfig) *deployment {
 		embedding:   strings.Contains(model, "embedding"),
 		dims:        1536,
 		fingerprint: fmt.Sprintf("fp_%010x", fnvString(fnvOffset, d.Model)&0xffffffffff),
-		limiter:     newLimiter(d.RPM, d.TPM),
+		limiter:     newLimiter(d.RPM, d.TPM, window),
 	}
 	switch {
 	case strings.Contains(model, "text-embedding-3-large"):
@@ -232,6 +247,36 @@ func newDeployment(d DeploymentConfig) *deployment {
 
 // Name returns the instance's configured name.
 func (in *Instance) Name() string { return in.cfg.Name }
+
+// Faults returns the fault injection in effect.
+func (in *Instance) Faults() Faults { return *in.faults.Load() }
+
+// SetFaults replaces the instance's fault injection; an invalid f is an error
+// listing every problem, and changes nothing. Each request reads the faults
+// once, on arrival, so f applies to requests that arrive after SetFaults
+// returns; requests in progress keep what they started with. It is safe to
+// call while the instance serves.
+func (in *Instance) SetFaults(f Faults) error {
+	if err := f.Validate(); err != nil {
+		return fmt.Errorf("simulator: instance %q: faults: %w", in.cfg.Name, err)
+	}
+	in.faults.Store(&f)
+	return nil
+}
+
+// Latency returns the latency shaping in effect.
+func (in *Instance) Latency() Latency { return *in.latency.Load() }
+
+// SetLatency replaces the instance's latency shaping, with the same rules as
+// [Instance.SetFaults]: validated, applied to requests arriving afterwards (a
+// stream in progress keeps its pace), safe to call while serving.
+func (in *Instance) SetLatency(l Latency) error {
+	if err := l.Validate(); err != nil {
+		return fmt.Errorf("simulator: instance %q: latency: %w", in.cfg.Name, err)
+	}
+	in.latency.Store(&l)
+	return nil
+}
 
 // Stats returns a snapshot of the instance's counters.
 func (in *Instance) Stats() Stats {
@@ -325,6 +370,8 @@ type exchange struct {
 	in          *Instance
 	w           http.ResponseWriter
 	r           *http.Request
+	faults      *Faults  // as on arrival
+	lat         *Latency // as on arrival
 	obs         Observation
 	status      int
 	wroteHeader bool
@@ -343,6 +390,7 @@ func (in *Instance) acquire(w http.ResponseWriter, r *http.Request) *exchange {
 		x = &exchange{in: in}
 	}
 	x.w, x.r = w, r
+	x.faults, x.lat = in.faults.Load(), in.latency.Load()
 	x.obs = Observation{Instance: in.cfg.Name, Method: r.Method, Path: r.URL.Path, Start: time.Now()}
 	return x
 }
@@ -352,6 +400,7 @@ func (in *Instance) release(x *exchange) {
 		return // let outsized buffers go rather than pin them
 	}
 	x.w, x.r, x.query = nil, nil, nil
+	x.faults, x.lat = nil, nil
 	x.obs = Observation{}
 	x.status, x.wroteHeader, x.done = 0, false, false
 	x.body.Reset()
@@ -379,9 +428,9 @@ func (in *Instance) serve(x *exchange) {
 		h.Set("x-ms-client-request-id", id)
 	}
 
-	delay := in.cfg.Latency.Extra
-	if in.dice.chance(in.cfg.Faults.ExtraLatencyRate) {
-		delay += in.cfg.Faults.ExtraLatency
+	delay := x.lat.Extra
+	if in.dice.chance(x.faults.ExtraLatencyRate) {
+		delay += x.faults.ExtraLatency
 	}
 	if err := x.sleep(delay); err != nil {
 		x.interrupted(err)
@@ -467,17 +516,22 @@ func (in *Instance) serve(x *exchange) {
 		cost = prompt + reserve*req.choices()
 	}
 
-	d := dep.limiter.admit(in.now(), cost)
-	setRateHeaders(h, dep, d.remainingRequests, d.remainingTokens)
-	if !d.allowed {
-		secs := int((d.retryAfter + time.Second - 1) / time.Second)
-		ms := int((d.retryAfter + time.Millisecond - 1) / time.Millisecond)
-		h.Set("retry-after", strconv.Itoa(max(secs, 1)))
-		h.Set("retry-after-ms", strconv.Itoa(max(ms, 1)))
-		x.fail(errRateLimited(op, apiVersion, d.kind, max(secs, 1)))
+	if in.dice.chance(x.faults.ThrottleRate) {
+		wait := x.faults.ThrottleRetryAfter
+		if wait <= 0 {
+			wait = time.Second
+		}
+		setRateHeaders(h, dep, dep.limiter.peek(in.now()))
+		x.fail(errRateLimited(op, apiVersion, "call", setRetryAfter(h, wait)))
 		return
 	}
-	if in.dice.chance(in.cfg.Faults.ErrorRate) {
+	d := dep.limiter.admit(in.now(), cost)
+	setRateHeaders(h, dep, d.budget)
+	if !d.allowed {
+		x.fail(errRateLimited(op, apiVersion, d.kind, setRetryAfter(h, d.retryAfter)))
+		return
+	}
+	if in.dice.chance(x.faults.ErrorRate) {
 		x.fail(in.dice.injectedError(x.obs.RequestID))
 		return
 	}
@@ -573,17 +627,47 @@ func (dep *deployment) checkDimensions(req *request) *apiError {
 	return nil
 }
 
-// setRateHeaders sets Azure's rate-limit headers for the limits the deployment
+// setRateHeaders sets the rate-limit headers for the limits the deployment
 // has; an unlimited dimension gets no headers.
-func setRateHeaders(h http.Header, dep *deployment, remainingRequests, remainingTokens int) {
+func setRateHeaders(h http.Header, dep *deployment, b budget) {
 	if dep.rpm > 0 {
 		h.Set("x-ratelimit-limit-requests", strconv.Itoa(dep.rpm))
-		h.Set("x-ratelimit-remaining-requests", strconv.Itoa(remainingRequests))
+		h.Set("x-ratelimit-remaining-requests", strconv.Itoa(b.remainingRequests))
+		h.Set("x-ratelimit-reset-requests", formatReset(b.resetRequests))
 	}
 	if dep.tpm > 0 {
 		h.Set("x-ratelimit-limit-tokens", strconv.Itoa(dep.tpm))
-		h.Set("x-ratelimit-remaining-tokens", strconv.Itoa(remainingTokens))
+		h.Set("x-ratelimit-remaining-tokens", strconv.Itoa(b.remainingTokens))
+		h.Set("x-ratelimit-reset-tokens", formatReset(b.resetTokens))
 	}
+}
+
+// formatReset formats d as OpenAI's x-ratelimit-reset-* values are: a Go
+// duration string rounded up to the millisecond, so it never claims a reset
+// sooner than the truth ("0s", "20ms", "1.5s", "6m0s").
+func formatReset(d time.Duration) string {
+	if d <= 0 {
+		return "0s"
+	}
+	return (time.Duration(ceilDiv(d, time.Millisecond)) * time.Millisecond).String()
+}
+
+// setRetryAfter sets retry-after (whole seconds) and retry-after-ms to d,
+// each rounded up and at least 1, and returns the seconds.
+func setRetryAfter(h http.Header, d time.Duration) (seconds int) {
+	seconds = int(max(ceilDiv(d, time.Second), 1))
+	h.Set("retry-after", strconv.Itoa(seconds))
+	h.Set("retry-after-ms", strconv.FormatInt(max(ceilDiv(d, time.Millisecond), 1), 10))
+	return seconds
+}
+
+// ceilDiv is d/unit rounded up, for d >= 0, without overflow.
+func ceilDiv(d, unit time.Duration) int64 {
+	n := int64(d / unit)
+	if d%unit != 0 {
+		n++
+	}
+	return n
 }
 
 // writeHeader sends the status line and headers once.
@@ -617,8 +701,7 @@ func (x *exchange) write() {
 // failPeek answers with an error from a resolved deployment, which carries the
 // deployment's current rate-limit headers.
 func (x *exchange) failPeek(dep *deployment, e *apiError) {
-	req, tok := dep.limiter.peek(x.in.now())
-	setRateHeaders(x.w.Header(), dep, req, tok)
+	setRateHeaders(x.w.Header(), dep, dep.limiter.peek(x.in.now()))
 	x.fail(e)
 }
 

@@ -266,3 +266,26 @@ func TestStartAndClose(t *testing.T) {
 		t.Error("Start after Close succeeded")
 	}
 }
+
+// TestObservationsCountRequestsPerDeploymentOverTime shows how a
+// load-balancing test buckets what each deployment served by arrival time.
+func TestObservationsCountRequestsPerDeploymentOverTime(t *testing.T) {
+	obs := newObservations()
+	_, srv := newServer(t, testConfig(), obs.option())
+	before := time.Now()
+	for _, dep := range []string{"gpt-4o", "gpt-35", "gpt-4o"} {
+		post(t, deploymentURL(srv.URL, dep, "chat/completions"), chatBody, nil)
+	}
+	after := time.Now()
+	count := map[string]int{}
+	for range 3 {
+		o := obs.next(t, time.Second)
+		if o.Start.Before(before) || o.Start.After(o.End) || o.End.After(after) {
+			t.Errorf("%s: start %s end %s outside [%s, %s]", o.Deployment, o.Start, o.End, before, after)
+		}
+		count[o.Deployment]++
+	}
+	if count["gpt-4o"] != 2 || count["gpt-35"] != 1 {
+		t.Errorf("per deployment = %v", count)
+	}
+}

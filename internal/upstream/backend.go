@@ -17,8 +17,6 @@ type Backend struct {
 	Name string
 	// URL is the instance's base URL.
 	URL *url.URL
-	// Priority and Weight come from config (1 is the best priority).
-	Priority, Weight int
 	// Credential is the gateway's own credential for this instance.
 	Credential Credential
 	// PassCaller forwards the caller's own Azure OpenAI token instead
@@ -37,8 +35,7 @@ func NewBackend(cfg config.Backend) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backend %s: %w", cfg.Name, err)
 	}
-	return &Backend{Name: cfg.Name, URL: u, Priority: cfg.Priority, Weight: cfg.Weight, Credential: cred,
-		PassCaller: cfg.Auth.Type == config.AuthCaller}, nil
+	return &Backend{Name: cfg.Name, URL: u, Credential: cred, PassCaller: cfg.Auth.Type == config.AuthCaller}, nil
 }
 
 // Target is where one request goes: a backend and, for model-routed

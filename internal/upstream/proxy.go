@@ -1,7 +1,9 @@
 package upstream
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -11,11 +13,32 @@ import (
 	"github.com/tokengate/tokengate/internal/openai"
 )
 
-// Call is one request to forward.
+// Selector chooses the target of each attempt of one request and learns
+// from each outcome (implemented by the balancer). Its methods are called
+// sequentially for one request.
+type Selector interface {
+	// Next returns the target of the next attempt, never one already tried;
+	// an error when none is available (an *openai.Error for the client when
+	// it is the first attempt).
+	Next() (Target, error)
+	// Report records the outcome of the attempt Next last returned and
+	// says whether to try another backend.
+	Report(resp *http.Response, err error) bool
+	// Final may replace the response the client is about to get with an
+	// error (e.g. one 429 for "every backend is throttled").
+	Final(resp *http.Response) error
+}
+
+// Call is one client request to forward.
 type Call struct {
-	Target
+	// Selector picks the backend of each attempt.
+	Selector Selector
 	// Route is what the client's path said.
 	Route openai.Route
+	// Body is the request body when the gateway holds it, so it can be
+	// re-sent on another backend; nil means the body streams through once
+	// (and the Selector must allow one attempt only).
+	Body []byte
 	// RequestID is sent upstream as x-ms-client-request-id.
 	RequestID string
 	// CallerToken is the caller's own Azure OpenAI token, forwarded only to
@@ -31,8 +54,11 @@ var clientCredentialHeaders = []string{"Api-Key", "Authorization", "Ocp-Apim-Sub
 var clientCredentialParams = []string{"api-key", "subscription-key"}
 
 // Proxy forwards calls to backends and streams responses back: JSON bodies
-// are copied through, event streams are flushed once per event. A client
-// that hangs up cancels the upstream request. Safe for concurrent use.
+// are copied through, event streams are flushed once per event. Failed
+// attempts (429, 5xx, connection failures before any response) are retried
+// on another backend inside the transport, so nothing is ever retried once
+// a byte has gone to the client. A client that hangs up cancels the
+// upstream request. Safe for concurrent use.
 type Proxy struct {
 	rp  *httputil.ReverseProxy
 	log *slog.Logger
@@ -40,17 +66,25 @@ type Proxy struct {
 
 type callKey struct{}
 
-type call struct {
-	Call
-	cred http.Header
-}
+// ProxyOption configures a Proxy.
+type ProxyOption func(*retrying)
 
-// NewProxy builds a Proxy over transport.
-func NewProxy(transport http.RoundTripper, logger *slog.Logger) *Proxy {
+// WithBackendHeader adds x-tokengate-backend (the backend's name) to
+// responses.
+func WithBackendHeader(on bool) ProxyOption { return func(t *retrying) { t.backendHeader = on } }
+
+// NewProxy builds a Proxy over transport. transport must not retry by
+// itself: the gateway never sets GetBody on outgoing requests, so Go's
+// transport cannot replay a POST.
+func NewProxy(transport http.RoundTripper, logger *slog.Logger, opts ...ProxyOption) *Proxy {
+	rt := &retrying{base: transport}
+	for _, o := range opts {
+		o(rt)
+	}
 	p := &Proxy{log: logger}
 	p.rp = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
-		Transport:      transport,
+		Transport:      rt,
 		ModifyResponse: modifyResponse,
 		ErrorHandler:   p.errorHandler,
 		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -59,50 +93,97 @@ func NewProxy(transport http.RoundTripper, logger *slog.Logger) *Proxy {
 	return p
 }
 
-// Forward sends r to c's backend and copies the response to w. Errors before
-// the response starts are written to w in the Azure error shape.
-func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, c Call) {
-	cred := make(http.Header, 1)
-	if c.Backend.PassCaller {
-		if c.CallerToken == "" {
-			openai.WriteError(w, openai.Errorf(http.StatusForbidden, "PermissionDenied",
-				"backend %s accepts only the caller's own Azure OpenAI token: authenticate with a token for https://cognitiveservices.azure.com (az account get-access-token --resource https://cognitiveservices.azure.com)",
-				c.Backend.Name))
-			return
-		}
-		cred.Set("Authorization", "Bearer "+c.CallerToken)
-	} else if err := c.Backend.Credential.Authorize(r.Context(), cred); err != nil {
-		p.log.Error("backend credential failed", slog.String("request_id", c.RequestID),
-			slog.String("backend", c.Backend.Name), slog.Any("error", err))
-		openai.WriteError(w, &openai.Error{Status: http.StatusBadGateway, Code: "upstream_credential",
-			Message: "the gateway could not obtain its credential for backend " + c.Backend.Name + "; its operator should check the gateway log",
-			Err:     err})
-		return
-	}
-	ctx := context.WithValue(r.Context(), callKey{}, &call{Call: c, cred: cred})
-	p.rp.ServeHTTP(w, r.WithContext(ctx))
+// Forward sends r through c's attempts and copies the response to w. Errors
+// before the response starts are written to w in the Azure error shape.
+func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, c *Call) {
+	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 }
 
+// rewrite cleans what every attempt shares: client credentials removed,
+// identity encoding, the request id.
 func rewrite(pr *httputil.ProxyRequest) {
-	c := pr.In.Context().Value(callKey{}).(*call)
-	out, b := pr.Out, c.Backend
-	out.URL.Scheme, out.URL.Host, out.Host = b.URL.Scheme, b.URL.Host, b.URL.Host
-
-	query := out.URL.RawQuery
-	if query != "" || c.Deployment != "" {
-		q := out.URL.Query()
-		for _, k := range clientCredentialParams {
-			q.Del(k)
-		}
-		if c.Deployment != "" {
-			q.Set("api-version", c.APIVersion)
-		}
-		out.URL.RawQuery = q.Encode()
+	c := pr.In.Context().Value(callKey{}).(*Call)
+	h := pr.Out.Header
+	for _, k := range clientCredentialHeaders {
+		h.Del(k)
 	}
+	// Bodies pass through as the backend sends them; asking for identity
+	// keeps streams flushable and usage readable.
+	h.Del("Accept-Encoding")
+	h.Set("X-Ms-Client-Request-Id", c.RequestID)
+	if q := pr.Out.URL.RawQuery; q != "" {
+		v := pr.Out.URL.Query()
+		for _, k := range clientCredentialParams {
+			v.Del(k)
+		}
+		pr.Out.URL.RawQuery = v.Encode()
+	}
+}
+
+// retrying is the proxy's transport: it runs the attempts of one call.
+type retrying struct {
+	base          http.RoundTripper
+	backendHeader bool
+}
+
+func (t *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
+	c := req.Context().Value(callKey{}).(*Call)
+	var prev *http.Response
+	var prevErr error
+	var prevTarget Target
+	for {
+		target, err := c.Selector.Next()
+		if err != nil {
+			switch {
+			case prev != nil:
+				return t.final(c, prev, prevTarget)
+			case prevErr != nil:
+				return nil, prevErr
+			default:
+				return nil, err
+			}
+		}
+		if prev != nil {
+			discard(prev)
+		}
+		resp, err := t.attempt(req, c, target)
+		if c.Selector.Report(resp, err) {
+			prev, prevErr, prevTarget = resp, err, target
+			continue
+		}
+		if err != nil {
+			if resp != nil {
+				discard(resp)
+			}
+			return nil, err
+		}
+		return t.final(c, resp, target)
+	}
+}
+
+func (t *retrying) final(c *Call, resp *http.Response, target Target) (*http.Response, error) {
+	if err := c.Selector.Final(resp); err != nil {
+		discard(resp)
+		return nil, err
+	}
+	if t.backendHeader {
+		resp.Header.Set("X-Tokengate-Backend", target.Backend.Name)
+	}
+	return resp, nil
+}
+
+// attempt sends one try of req to target.
+func (t *retrying) attempt(req *http.Request, c *Call, target Target) (*http.Response, error) {
+	out := req.Clone(req.Context())
+	b := target.Backend
+	out.URL.Scheme, out.URL.Host, out.Host = b.URL.Scheme, b.URL.Host, b.URL.Host
 	switch {
-	case c.Deployment != "":
-		out.URL.Path = "/openai/deployments/" + c.Deployment + "/" + c.Route.Suffix
+	case target.Deployment != "":
+		out.URL.Path = "/openai/deployments/" + target.Deployment + "/" + c.Route.Suffix
 		out.URL.RawPath = ""
+		q := out.URL.Query()
+		q.Set("api-version", target.APIVersion)
+		out.URL.RawQuery = q.Encode()
 	case strings.HasPrefix(out.URL.Path, "/v1/"):
 		// OpenAI-style pass-through: Azure serves it under /openai/v1/.
 		out.URL.Path = "/openai" + out.URL.Path
@@ -110,18 +191,30 @@ func rewrite(pr *httputil.ProxyRequest) {
 			out.URL.RawPath = "/openai" + out.URL.RawPath
 		}
 	}
+	if b.PassCaller {
+		if c.CallerToken == "" {
+			return nil, openai.Errorf(http.StatusForbidden, "PermissionDenied",
+				"backend %s accepts only the caller's own Azure OpenAI token: authenticate with a token for https://cognitiveservices.azure.com (az account get-access-token --resource https://cognitiveservices.azure.com)",
+				b.Name)
+		}
+		out.Header.Set("Authorization", "Bearer "+c.CallerToken)
+	} else if err := b.Credential.Authorize(req.Context(), out.Header); err != nil {
+		return nil, &openai.Error{Status: http.StatusBadGateway, Code: "upstream_credential",
+			Message: "the gateway could not obtain its credential for backend " + b.Name + "; its operator should check the gateway log",
+			Err:     err}
+	}
+	if c.Body != nil {
+		out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(c.Body)), int64(len(c.Body))
+	}
+	out.GetBody = nil // Go's transport must never replay a request by itself
+	return t.base.RoundTrip(out)
+}
 
-	h := out.Header
-	for _, k := range clientCredentialHeaders {
-		h.Del(k)
-	}
-	// Bodies pass through as the backend sends them; asking for identity
-	// keeps streams flushable and usage readable.
-	h.Del("Accept-Encoding")
-	for k, v := range c.cred {
-		h[k] = v
-	}
-	h.Set("X-Ms-Client-Request-Id", c.RequestID)
+// discard drains a little of an abandoned response (so its connection can
+// be reused) and closes it.
+func discard(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
 }
 
 func modifyResponse(resp *http.Response) error {
@@ -135,11 +228,11 @@ func modifyResponse(resp *http.Response) error {
 }
 
 func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
-	c := r.Context().Value(callKey{}).(*call)
+	c := r.Context().Value(callKey{}).(*Call)
 	e := openai.AsError(err)
-	if e.Status != openai.StatusClientClosed {
+	if e.Status != openai.StatusClientClosed && e.Status >= 500 {
 		p.log.Warn("upstream request failed", slog.String("request_id", c.RequestID),
-			slog.String("backend", c.Backend.Name), slog.Int("status", e.Status), slog.Any("error", err))
+			slog.Int("status", e.Status), slog.Any("error", err))
 	}
 	openai.WriteError(w, e)
 }

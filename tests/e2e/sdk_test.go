@@ -33,8 +33,11 @@ func setup(t *testing.T, latency simulator.Latency, obs *observations) (gateway 
 log: {level: warn}
 identity: {anonymous: true}
 backends:
-  - {name: sim-a, endpoint: %q, priority: 1, auth: {type: api-key, api_key: key-a}}
-  - {name: sim-b, endpoint: %q, priority: 2, auth: {type: api-key, api_key: key-b}}
+  - {name: sim-a, endpoint: %q, auth: {type: api-key, api_key: key-a}}
+  - {name: sim-b, endpoint: %q, auth: {type: api-key, api_key: key-b}}
+pools:
+  - name: main
+    backends: [{backend: sim-a, priority: 1}, {backend: sim-b, priority: 2}]
 models:
   - name: gpt-4o
     deployments: [{backend: sim-a}, {backend: sim-b}]

@@ -111,7 +111,7 @@ func printDemo(w io.Writer, b demoBanner) {
 	if b.DataDirFlag != defaultDataDir {
 		devToken += " --data-dir " + b.DataDirFlag
 	}
-	r := strings.NewReplacer("{base}", b.Base, "{v}", b.APIVersion, "{token}", b.Token, "{devtoken}", devToken)
+	r := strings.NewReplacer("{base}", b.Base, "{v}", b.APIVersion, "{token}", b.Token, "{devtoken}", devToken, "{admin}", b.Admin)
 	fmt.Fprint(w, r.Replace(`
 Model aliases: gpt-4o, gpt-4o-mini (chat), text-embedding-3-small (embeddings).
 Apps: chat-app (inference, streaming) and batch-app (no streaming, max_tokens <= 256).
@@ -152,6 +152,9 @@ Every call needs a bearer token; api-key is refused. In another terminal:
   s := c.Chat.Completions.NewStreaming(ctx, openai.ChatCompletionNewParams{Model: "gpt-4o",
       Messages: []openai.ChatCompletionMessageParamUnion{openai.UserMessage("Say hello")}})
   for s.Next() { if ch := s.Current(); len(ch.Choices) > 0 { fmt.Print(ch.Choices[0].Delta.Content) } }
+
+  # which backend served it, and every backend's breaker and rate-limit state
+  curl -si ... | grep -i x-tokengate-backend;  curl -s http://{admin}/admin/backends
 
 Press Ctrl-C to stop.
 `))

@@ -59,7 +59,7 @@ type clock struct {
 	now time.Time
 }
 
-func (c *clock) Now() time.Time           { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Now() time.Time          { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
 func (c *clock) Advance(d time.Duration) { c.mu.Lock(); c.now = c.now.Add(d); c.mu.Unlock() }
 
 func newClocked(t *testing.T, doc string) (*Balancer, *clock) {
@@ -155,6 +155,23 @@ func TestBreakerTripsForRetryAfterThenProbesOnce(t *testing.T) {
 	s1.Report(resp(200), nil)
 	if got, _ := try(t, b, resp(200), nil); got != "ptu" {
 		t.Fatalf("after a good probe ptu should take traffic again, got %s", got)
+	}
+}
+
+func TestServerErrorIgnoresQuotaResetHeaders(t *testing.T) {
+	b, clk := newClocked(t, strings.Replace(twoTier, "failures: 2", "failures: 1", 1))
+	// A 503 from a rate-limited deployment carries x-ratelimit-reset-* (when
+	// its quota window is full again): that is no request to wait 60 s.
+	try(t, b, resp(503, "x-ratelimit-reset-requests", "60s", "x-ratelimit-reset-tokens", "60s"), nil)
+	clk.Advance(5100 * time.Millisecond) // past trip_duration 5s
+	if got, _ := try(t, b, resp(200), nil); got != "ptu" {
+		t.Fatalf("a 503 tripped the breaker past trip_duration: got %s", got)
+	}
+	// A 503 that asks explicitly is honoured.
+	try(t, b, resp(503, "retry-after", "20"), nil)
+	clk.Advance(10 * time.Second)
+	if got, _ := try(t, b, resp(200), nil); got == "ptu" {
+		t.Fatal("a 503's retry-after: 20 was not honoured")
 	}
 }
 

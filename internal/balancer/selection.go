@@ -186,15 +186,15 @@ func (s *Selection) Report(resp *http.Response, err error) bool {
 	}
 	now := s.b.now()
 	var h http.Header
-	failed := err != nil
+	status, failed := 0, err != nil
 	if resp != nil {
-		h = resp.Header
+		h, status = resp.Header, resp.StatusCode
 		failed = s.pool.rule.trips(resp.StatusCode)
 		resp.Body = &inFlightBody{ReadCloser: resp.Body, state: m.state}
 	} else {
 		m.state.inFlight.Add(-1)
 	}
-	m.state.observe(now, h, failed, s.probe, &s.pool.rule)
+	m.state.observe(now, status, h, failed, s.probe, &s.pool.rule)
 	retriable := err != nil || resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500
 	return retriable && len(s.attempts) < s.maxAttempts && now.Before(s.deadline)
 }

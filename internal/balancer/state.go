@@ -123,9 +123,9 @@ func (s *State) claim(now int64) (ok, probe bool) {
 }
 
 // observe records an attempt's outcome. failed is true for a status the
-// rule trips on or a transport error; h is the response header (nil on
-// transport errors).
-func (s *State) observe(now time.Time, h http.Header, failed, probe bool, r *rule) {
+// rule trips on or a transport error; status and h are the response's (0
+// and nil on transport errors).
+func (s *State) observe(now time.Time, status int, h http.Header, failed, probe bool, r *rule) {
 	if h != nil {
 		s.readLimits(now, h)
 	}
@@ -151,7 +151,11 @@ func (s *State) observe(now time.Time, h http.Header, failed, probe bool, r *rul
 	}
 	d := r.tripDuration
 	if r.acceptRetryAfter && h != nil {
-		if ra, ok := RetryAfter(h, now); ok {
+		asked := ExplicitRetryAfter
+		if status == http.StatusTooManyRequests {
+			asked = RetryAfter
+		}
+		if ra, ok := asked(h, now); ok {
 			d = ra
 		}
 	}

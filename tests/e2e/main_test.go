@@ -136,6 +136,13 @@ func (l *lines) String() string {
 	return l.buf.String()
 }
 
+// closed reports whether the stream has ended (the process exited).
+func (l *lines) closed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.eof
+}
+
 // waitFor returns the first line containing substr, or fails after timeout.
 func (l *lines) waitFor(t *testing.T, substr string, timeout time.Duration) string {
 	t.Helper()
@@ -212,13 +219,20 @@ func freeAddr(t *testing.T) string {
 // it is ready; it returns the gateway's base URL.
 func serve(t *testing.T, config string) (string, *process) {
 	t.Helper()
+	base, _, p := serveWithAdmin(t, config)
+	return base, p
+}
+
+// serveWithAdmin is serve that also returns the admin listener's base URL.
+func serveWithAdmin(t *testing.T, config string) (base, admin string, p *process) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "tokengate.yaml")
 	writeFile(t, path, config)
-	addr := freeAddr(t)
-	p := start(t, "serve", "--config", path, "--addr", addr, "--admin-addr", freeAddr(t))
-	base := "http://" + addr
+	addr, adminAddr := freeAddr(t), freeAddr(t)
+	p = start(t, "serve", "--config", path, "--addr", addr, "--admin-addr", adminAddr)
+	base = "http://" + addr
 	waitReady(t, base, p)
-	return base, p
+	return base, "http://" + adminAddr, p
 }
 
 func waitReady(t *testing.T, base string, p *process) {
@@ -231,6 +245,9 @@ func waitReady(t *testing.T, base string, p *process) {
 			if resp.StatusCode == 200 {
 				return
 			}
+		}
+		if p.stderr.closed() {
+			t.Fatalf("gateway at %s exited before it became ready; stderr:\n%s", base, p.stderr.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

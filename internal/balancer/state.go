@@ -173,29 +173,27 @@ func (s *State) abandon(probe bool) {
 }
 
 func (s *State) readLimits(now time.Time, h http.Header) {
-	n := now.UnixNano()
-	read := false
-	if v, err := strconv.ParseInt(h.Get("X-Ratelimit-Remaining-Tokens"), 10, 64); err == nil && v >= 0 {
-		s.remTokens.Store(v)
-		until := now.Add(steeringTTL)
-		if d, ok := resetDuration(h.Get("X-Ratelimit-Reset-Tokens")); ok {
-			until = now.Add(d)
-		}
-		s.tokensUntil.Store(until.UnixNano())
-		read = true
+	t := readLimit(now, h, "X-Ratelimit-Remaining-Tokens", "X-Ratelimit-Reset-Tokens", &s.remTokens, &s.tokensUntil)
+	r := readLimit(now, h, "X-Ratelimit-Remaining-Requests", "X-Ratelimit-Reset-Requests", &s.remRequests, &s.reqUntil)
+	if t || r {
+		s.readAt.Store(now.UnixNano())
 	}
-	if v, err := strconv.ParseInt(h.Get("X-Ratelimit-Remaining-Requests"), 10, 64); err == nil && v >= 0 {
-		s.remRequests.Store(v)
-		until := now.Add(steeringTTL)
-		if d, ok := resetDuration(h.Get("X-Ratelimit-Reset-Requests")); ok {
-			until = now.Add(d)
-		}
-		s.reqUntil.Store(until.UnixNano())
-		read = true
+}
+
+// readLimit stores a remaining-* reading and until when it holds: the
+// matching reset-* header, else steeringTTL.
+func readLimit(now time.Time, h http.Header, remainingKey, resetKey string, remaining, until *atomic.Int64) bool {
+	v, err := strconv.ParseInt(h.Get(remainingKey), 10, 64)
+	if err != nil || v < 0 {
+		return false
 	}
-	if read {
-		s.readAt.Store(n)
+	remaining.Store(v)
+	d, ok := resetDuration(h.Get(resetKey))
+	if !ok {
+		d = steeringTTL
 	}
+	until.Store(now.Add(d).UnixNano())
+	return true
 }
 
 // Snapshot is what operators see of one backend deployment.

@@ -99,8 +99,8 @@ func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, c *Call) {
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 }
 
-// rewrite cleans what every attempt shares: client credentials removed,
-// identity encoding, the request id.
+// rewrite cleans the headers every attempt shares: client credentials
+// removed, identity encoding, the request id.
 func rewrite(pr *httputil.ProxyRequest) {
 	c := pr.In.Context().Value(callKey{}).(*Call)
 	h := pr.Out.Header
@@ -111,13 +111,6 @@ func rewrite(pr *httputil.ProxyRequest) {
 	// keeps streams flushable and usage readable.
 	h.Del("Accept-Encoding")
 	h.Set("X-Ms-Client-Request-Id", c.RequestID)
-	if q := pr.Out.URL.RawQuery; q != "" {
-		v := pr.Out.URL.Query()
-		for _, k := range clientCredentialParams {
-			v.Del(k)
-		}
-		pr.Out.URL.RawQuery = v.Encode()
-	}
 }
 
 // retrying is the proxy's transport: it runs the attempts of one call.
@@ -177,13 +170,20 @@ func (t *retrying) attempt(req *http.Request, c *Call, target Target) (*http.Res
 	out := req.Clone(req.Context())
 	b := target.Backend
 	out.URL.Scheme, out.URL.Host, out.Host = b.URL.Scheme, b.URL.Host, b.URL.Host
+	if out.URL.RawQuery != "" || target.Deployment != "" {
+		q := out.URL.Query()
+		for _, k := range clientCredentialParams {
+			q.Del(k)
+		}
+		if target.Deployment != "" {
+			q.Set("api-version", target.APIVersion)
+		}
+		out.URL.RawQuery = q.Encode()
+	}
 	switch {
 	case target.Deployment != "":
 		out.URL.Path = "/openai/deployments/" + target.Deployment + "/" + c.Route.Suffix
 		out.URL.RawPath = ""
-		q := out.URL.Query()
-		q.Set("api-version", target.APIVersion)
-		out.URL.RawQuery = q.Encode()
 	case strings.HasPrefix(out.URL.Path, "/v1/"):
 		// OpenAI-style pass-through: Azure serves it under /openai/v1/.
 		out.URL.Path = "/openai" + out.URL.Path

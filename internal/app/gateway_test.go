@@ -153,6 +153,7 @@ func TestMappingAndCredentials(t *testing.T) {
 		"Ocp-Apim-Subscription-Key": "client-sub",
 		"X-Ms-Client-Request-Id":    "req-123",
 		"Accept-Encoding":           "gzip",
+		"X-Http-Method-Override":    "DELETE",
 	}
 	for _, tc := range []struct {
 		name, path, body, wantPath, wantQuery string
@@ -182,7 +183,7 @@ func TestMappingAndCredentials(t *testing.T) {
 			if got.Header.Get("api-key") != "backend-secret" {
 				t.Errorf("backend api-key %q, want the gateway's own", got.Header.Get("api-key"))
 			}
-			for _, h := range []string{"Authorization", "Ocp-Apim-Subscription-Key", "Accept-Encoding"} {
+			for _, h := range []string{"Authorization", "Ocp-Apim-Subscription-Key", "Accept-Encoding", "X-Http-Method-Override"} {
 				if v := got.Header.Get(h); v != "" {
 					t.Errorf("client header %s reached the backend: %q", h, v)
 				}
@@ -227,6 +228,7 @@ func TestClientErrors(t *testing.T) {
 		{"unknown path", "POST", "/v2/whatever", `{}`, 404, "404"},
 		{"root", "GET", "/", ``, 404, "404"},
 		{"wrong method", "GET", "/v1/chat/completions", ``, 405, "method_not_allowed"},
+		{"lower-case method", "delete", "/openai/files/f", ``, 405, "method_not_allowed"},
 		{"too large", "POST", "/v1/chat/completions", big, 413, "request_too_large"},
 		{"too large pass-through", "POST", "/openai/files", big, 413, "request_too_large"},
 	} {

@@ -89,7 +89,7 @@ func New(cfg config.Identity, apps []config.App, logger *slog.Logger, opts ...Op
 		app := &registered[i]
 		byName[app.Name] = app
 		for _, id := range app.AppIDs {
-			a.appsByID[normID(id)] = app
+			a.appsByID[appKey(app.Issuer, id)] = app
 		}
 	}
 	if pt := cfg.PassThrough; pt.Enabled {

@@ -27,6 +27,10 @@ type Caller struct {
 	Method Method
 	// Issuer is the token's iss (or the gateway-key store for keys).
 	Issuer string
+	// IssuerName is the identity.issuers entry that verified the token; ""
+	// for Entra ID and gateway keys. App ids and role assignments match only
+	// within their own issuer.
+	IssuerName string
 	// TenantID is the Entra tid claim.
 	TenantID string
 	// AppID is the calling application: appid (v1), azp (v2) or the

@@ -324,8 +324,14 @@ func skipValue(dec *json.Decoder, depth int) error {
 	if err != nil {
 		return err
 	}
-	if d, ok := t.(json.Delim); ok {
-		return skipRest(dec, d, depth+1)
+	switch v := t.(type) {
+	case json.Delim:
+		return skipRest(dec, v, depth+1)
+	case json.Number:
+		// A number no float64 can hold is refused, as encoding/json does.
+		if _, err := v.Float64(); err != nil {
+			return fmt.Errorf("number out of range: %w", err)
+		}
 	}
 	return nil
 }

@@ -319,3 +319,19 @@ func withQuery(r *http.Request, q string) *http.Request {
 	r.URL.RawQuery += "&" + q
 	return r
 }
+
+// TestAppIDsCountOnlyFromTheirIssuer: a generic issuer's admin can mint a
+// token whose app claim equals an Entra app's id; it must not become that
+// app.
+func TestAppIDsCountOnlyFromTheirIssuer(t *testing.T) {
+	ti := newTestIssuer(t)
+	a := newAuth(t, ti, newClock(), nil)
+	if _, err := a.Authenticate(bearer(mint(keyO1(), ti.oidcClaims()))); err != nil {
+		t.Fatalf("control: the generic issuer's own app was refused: %v", err)
+	}
+	forged := ti.oidcClaims().with("azp", appA) // appA is registered as an Entra app
+	c, err := a.Authenticate(bearer(mint(keyO1(), forged)))
+	if err == nil {
+		t.Fatalf("a generic issuer's token became Entra app %s", c.AppName())
+	}
+}

@@ -203,7 +203,7 @@ func testApps() []config.App {
 		{Name: "billing", AppIDs: []string{appA}, Team: "finance", Roles: []string{"openai-user"}},
 		{Name: "search", AppIDs: []string{appB}},
 		{Name: "pt-app", AppIDs: []string{appPT}},
-		{Name: "reporting", AppIDs: []string{oidcClient}},
+		{Name: "reporting", AppIDs: []string{oidcClient}, Issuer: "keycloak"},
 		{Name: "keyonly"},
 	}
 }

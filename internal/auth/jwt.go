@@ -193,7 +193,11 @@ func (a *Authenticator) caller(raw string, c *claims, is *issuer) (*Caller, erro
 		return nil, forbidden(CodeTenantNotAllowed, "tenant "+safeID(c.tid)+" is accepted only for Azure OpenAI-audience pass-through tokens; add it to identity.entra.tenants", errIssuer)
 	}
 
-	app := a.appsByID[normID(appID)]
+	issuerName := ""
+	if is.kind == generic {
+		issuerName = is.name
+	}
+	app := a.appsByID[appKey(issuerName, appID)]
 	if app == nil && a.cfg.UnknownApps != "allow" {
 		return nil, forbidden(CodeAppNotRegistered, "app "+safeID(appID)+" is not registered with this gateway: add it to an app's app_ids under apps in the gateway config", errUnknownApp)
 	}
@@ -201,6 +205,7 @@ func (a *Authenticator) caller(raw string, c *claims, is *issuer) (*Caller, erro
 	caller := &Caller{
 		Method:      method,
 		Issuer:      c.iss,
+		IssuerName:  issuerName,
 		TenantID:    c.tid,
 		AppID:       appID,
 		ObjectID:    c.oid,
@@ -236,6 +241,12 @@ func isCognitiveServices(aud []string) bool {
 		}
 	}
 	return false
+}
+
+// appKey keys the app registry: an app id counts only from its own issuer
+// ("" for Entra ID, else the generic issuer's name).
+func appKey(issuerName, appID string) string {
+	return issuerName + "\x00" + normID(appID)
 }
 
 // normID lower-cases GUID-shaped ids: Entra issues them in lower case but

@@ -92,6 +92,10 @@ type App struct {
 	// of other issuers, that identify it. Required unless the app only uses
 	// gateway keys.
 	AppIDs []string `yaml:"app_ids"`
+	// Issuer names the identity.issuers entry whose tokens carry AppIDs;
+	// empty means Microsoft Entra ID (identity.entra). An id is trusted only
+	// from its own issuer, so another issuer's admin cannot become this app.
+	Issuer string `yaml:"issuer"`
 	// Team and CostCenter are carried to usage records for chargebacks.
 	Team       string `yaml:"team"`
 	CostCenter string `yaml:"cost_center"`
@@ -133,7 +137,10 @@ type Role struct {
 // RoleAssignment grants a role to callers by app id, by Entra app role
 // ("roles" claim) or by group ("groups" claim).
 type RoleAssignment struct {
-	Role     string   `yaml:"role"`
+	Role string `yaml:"role"`
+	// Issuer names the identity.issuers entry whose claims match; empty
+	// means Microsoft Entra ID.
+	Issuer   string   `yaml:"issuer"`
 	AppIDs   []string `yaml:"app_ids"`
 	AppRoles []string `yaml:"app_roles"`
 	Groups   []string `yaml:"groups"`

@@ -87,6 +87,14 @@ func (c *Config) validateIdentity(bad func(path, format string, args ...any)) {
 		bad("identity.gateway_keys.file", "required when gateway keys are enabled")
 	}
 
+	issuerOK := func(path, name string) {
+		switch {
+		case name == "" && id.Entra == nil && hasIssuer:
+			bad(path, "required: name the identity.issuers entry (empty means Entra ID, which is not configured)")
+		case name != "" && !names[name]:
+			bad(path, "no identity.issuers entry is named %q", name)
+		}
+	}
 	roles := slices.Clone(BuiltinRoles)
 	for i, r := range c.Roles {
 		p := fmt.Sprintf("roles[%d]", i)
@@ -111,14 +119,22 @@ func (c *Config) validateIdentity(bad func(path, format string, args ...any)) {
 			bad(p+".name", "%q is registered twice", a.Name)
 		}
 		appNames[a.Name] = true
+		if len(a.AppIDs) > 0 {
+			issuerOK(p+".issuer", a.Issuer)
+		}
 		if len(a.AppIDs) == 0 && !id.GatewayKeys.Enabled {
 			bad(p+".app_ids", "at least one app id is required (or enable gateway keys for this app)")
 		}
 		for j, aid := range a.AppIDs {
-			if other, dup := appIDs[aid]; dup {
+			key := aid
+			if guid.MatchString(aid) {
+				key = strings.ToLower(aid) // Entra ids are GUIDs in any letter case
+			}
+			key = a.Issuer + "\x00" + key
+			if other, dup := appIDs[key]; dup {
 				bad(fmt.Sprintf("%s.app_ids[%d]", p, j), "%q already identifies app %q", aid, other)
 			}
-			appIDs[aid] = a.Name
+			appIDs[key] = a.Name
 		}
 		for j, r := range a.Roles {
 			if !slices.Contains(roles, r) {
@@ -147,6 +163,7 @@ func (c *Config) validateIdentity(bad func(path, format string, args ...any)) {
 		if len(ra.AppIDs)+len(ra.AppRoles)+len(ra.Groups) == 0 {
 			bad(p, "name at least one of app_ids, app_roles, groups")
 		}
+		issuerOK(p+".issuer", ra.Issuer)
 	}
 }
 

@@ -97,10 +97,31 @@ var passThroughOps = map[string]Operation{
 	"stored_completions": OpOther,
 }
 
+// methods are the only methods served, spelled as RFC 9110 does: a backend
+// that compares methods case-insensitively must never see "delete" where
+// the gateway authorized a write.
+var methods = map[string]bool{"GET": true, "HEAD": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true, "OPTIONS": true}
+
+// lookupOp finds suffix in ops ignoring letter case (backends route
+// case-insensitively) and returns the canonical suffix with the operation.
+func lookupOp(ops map[string]Operation, suffix string) (string, Operation, bool) {
+	if op, ok := ops[suffix]; ok {
+		return suffix, op, true
+	}
+	lower := strings.ToLower(suffix)
+	op, ok := ops[lower]
+	return lower, op, ok
+}
+
 // ParseRoute classifies a request by method and (decoded) URL path. It
-// returns a 404 or 405 *Error for paths the gateway does not serve. It never
-// allocates for the common routes.
+// returns a 404 or 405 *Error for paths the gateway does not serve. Known
+// operation suffixes are matched ignoring case and returned in canonical
+// form, so a case variant cannot dodge the rules keyed on the operation. It
+// never allocates for the common routes.
 func ParseRoute(method, path string) (Route, error) {
+	if !methods[method] {
+		return Route{}, methodNotAllowed(method, path)
+	}
 	if !cleanPath(path) {
 		return Route{}, notFound(path)
 	}
@@ -114,7 +135,7 @@ func ParseRoute(method, path string) (Route, error) {
 			// GET /openai/deployments/{d}: deployment metadata, management plane.
 			return Route{Op: OpDeployments, Suffix: path}, nil
 		}
-		op, known := deploymentOps[suffix]
+		suffix, op, known := lookupOp(deploymentOps, suffix)
 		if !known {
 			op = OpOther
 		}
@@ -132,11 +153,11 @@ func ParseRoute(method, path string) (Route, error) {
 		return Route{}, notFound(path)
 	}
 	if v1 {
-		if op, ok := v1BodyOps[rest]; ok {
+		if suffix, op, ok := lookupOp(v1BodyOps, rest); ok {
 			if method != http.MethodPost {
 				return Route{}, methodNotAllowed(method, path)
 			}
-			return Route{Op: op, ModelInBody: true, Suffix: rest}, nil
+			return Route{Op: op, ModelInBody: true, Suffix: suffix}, nil
 		}
 	}
 	first, _, _ := strings.Cut(rest, "/")
@@ -170,7 +191,10 @@ func notFound(path string) *Error {
 }
 
 func methodNotAllowed(method, path string) *Error {
-	return Errorf(http.StatusMethodNotAllowed, "method_not_allowed", "%s is not allowed on %s; use POST", method, path)
+	if len(method) > 20 {
+		method = method[:20] + "..."
+	}
+	return Errorf(http.StatusMethodNotAllowed, "method_not_allowed", "%q is not allowed on %s", method, path)
 }
 
 // JSONBody reports whether op's request body is JSON that names the model

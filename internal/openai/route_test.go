@@ -3,6 +3,7 @@ package openai
 import (
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -43,6 +44,12 @@ func TestParseRoute(t *testing.T) {
 		{"POST", "/v1/chat/completions/", Route{}, 404},
 		{"POST", "/openai/./files", Route{}, 404},
 		{"POST", "relative", Route{}, 404},
+		{"POST", "/openai/deployments/gpt-4o/Chat/Completions", Route{Op: OpChatCompletions, Alias: "gpt-4o", Suffix: "chat/completions"}, 0},
+		{"POST", "/openai/deployments/gpt-4o/EMBEDDINGS", Route{Op: OpEmbeddings, Alias: "gpt-4o", Suffix: "embeddings"}, 0},
+		{"POST", "/v1/chat/Completions", Route{Op: OpChatCompletions, ModelInBody: true, Suffix: "chat/completions"}, 0},
+		{"delete", "/openai/files/file-1", Route{}, 405},
+		{"Post", "/v1/chat/completions", Route{}, 405},
+		{"PROPFIND", "/openai/files", Route{}, 405},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
 			got, err := ParseRoute(tc.method, tc.path)
@@ -98,6 +105,12 @@ func FuzzParseRoute(f *testing.F) {
 		}
 		if r.Routed() && r.Op.JSONBody() && method != http.MethodPost {
 			t.Fatalf("%s accepted for %q", method, path)
+		}
+		if !methods[method] {
+			t.Fatalf("method %q accepted", method)
+		}
+		if r.Op != OpOther && r.Routed() && strings.ToLower(r.Suffix) != r.Suffix {
+			t.Fatalf("non-canonical suffix %q for %s", r.Suffix, r.Op)
 		}
 	})
 }

@@ -125,7 +125,13 @@ type Policy struct {
 	apps      map[string]*app
 	// roles in definition order: built-in roles, then config.Roles.
 	roles []*role
-	// Role assignments, indexed by the claim value they match.
+	// Role assignments by issuer name ("" for Entra ID), indexed by the
+	// claim value they match: a claim counts only from its own issuer.
+	assign map[string]*assignments
+}
+
+// assignments are one issuer's role assignments.
+type assignments struct {
 	byAppID, byAppRole, byGroup claimIndex
 }
 
@@ -154,6 +160,7 @@ func New(cfg *config.Config) (*Policy, error) {
 	p := &Policy{
 		anonymous: cfg.Identity.Anonymous,
 		apps:      make(map[string]*app, len(cfg.Apps)),
+		assign:    map[string]*assignments{},
 	}
 	byName := map[string]*role{}
 	var errs []error
@@ -203,19 +210,26 @@ func New(cfg *config.Config) (*Policy, error) {
 			errs = append(errs, fmt.Errorf("role_assignments[%d].role: unknown role %q", i, ra.Role))
 			continue
 		}
+		as := p.assign[ra.Issuer]
+		if as == nil {
+			as = &assignments{}
+			p.assign[ra.Issuer] = as
+		}
 		for _, k := range ra.AppIDs {
-			p.byAppID.add(k, r)
+			as.byAppID.add(strings.ToLower(k), r) // Entra GUIDs come in lower case; config may not
 		}
 		for _, k := range ra.AppRoles {
-			p.byAppRole.add(k, r)
+			as.byAppRole.add(k, r)
 		}
 		for _, k := range ra.Groups {
-			p.byGroup.add(k, r)
+			as.byGroup.add(k, r)
 		}
 	}
-	p.byAppID.seal()
-	p.byAppRole.seal()
-	p.byGroup.seal()
+	for _, as := range p.assign {
+		as.byAppID.seal()
+		as.byAppRole.seal()
+		as.byGroup.seal()
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("policy: %w", err)
 	}
@@ -263,6 +277,13 @@ func (p *Policy) Authorize(c *auth.Caller, req Request) (Decision, error) {
 				"app %s may not use model %q; it may use: %s", a.name, req.Alias, strings.Join(a.modelNames, ", "))
 		}
 	}
+	if req.Route.Op == openai.OpOther && (!a.streaming || a.tokenCap > 0) {
+		// The gateway cannot see streaming or token settings in operations it
+		// does not know, so it cannot enforce this app's rules on them.
+		return d, openai.Errorf(http.StatusForbidden, "PermissionDenied",
+			"app %s may not call %s: its streaming and max_tokens rules cannot be enforced on an operation the gateway does not recognise",
+			a.name, req.Route.Suffix)
+	}
 	if req.Body.Stream && !a.streaming {
 		return d, openai.Errorf(http.StatusBadRequest, "streaming_disabled",
 			`streaming is disabled for app %s; call without "stream": true`, a.name)
@@ -302,6 +323,14 @@ func (a *app) capTokens(d *Decision, b *openai.Body) error {
 	return nil
 }
 
+// issuerOf is the caller's issuer name, or a name no assignment uses.
+func issuerOf(c *auth.Caller) string {
+	if c == nil {
+		return "\x00none"
+	}
+	return c.IssuerName
+}
+
 // permitted reports whether some role of the caller grants action.
 func (p *Policy) permitted(c *auth.Caller, a *app, action string, idx int) bool {
 	if a != nil {
@@ -320,19 +349,23 @@ func (p *Policy) permitted(c *auth.Caller, a *app, action string, idx int) bool 
 	if c == nil {
 		return false
 	}
-	if p.byAppID.mayGrant(idx) && c.AppID != "" && anyAllows(p.byAppID.get(c.AppID), action, idx) {
+	as := p.assign[c.IssuerName]
+	if as == nil {
+		return false
+	}
+	if as.byAppID.mayGrant(idx) && c.AppID != "" && anyAllows(as.byAppID.get(strings.ToLower(c.AppID)), action, idx) {
 		return true
 	}
-	if p.byAppRole.mayGrant(idx) {
+	if as.byAppRole.mayGrant(idx) {
 		for _, v := range c.Roles {
-			if anyAllows(p.byAppRole.get(v), action, idx) {
+			if anyAllows(as.byAppRole.get(v), action, idx) {
 				return true
 			}
 		}
 	}
-	if p.byGroup.mayGrant(idx) {
+	if as.byGroup.mayGrant(idx) {
 		for _, v := range c.Groups {
-			if anyAllows(p.byGroup.get(v), action, idx) {
+			if anyAllows(as.byGroup.get(v), action, idx) {
 				return true
 			}
 		}
@@ -363,15 +396,15 @@ func (p *Policy) denied(c *auth.Caller, a *app, action string) error {
 	if a != nil {
 		have = append(have, a.roleNames...)
 	}
-	if c != nil {
+	if as := p.assign[issuerOf(c)]; as != nil {
 		if c.AppID != "" {
-			add(p.byAppID.get(c.AppID))
+			add(as.byAppID.get(strings.ToLower(c.AppID)))
 		}
 		for _, v := range c.Roles {
-			add(p.byAppRole.get(v))
+			add(as.byAppRole.get(v))
 		}
 		for _, v := range c.Groups {
-			add(p.byGroup.get(v))
+			add(as.byGroup.get(v))
 		}
 	}
 	roles := "none"

@@ -396,3 +396,43 @@ func TestConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestAssignmentsMatchOnlyTheirIssuer: an app role or group claim counts
+// only from the issuer the assignment names (Entra by default), so another
+// issuer's admin cannot grant himself roles by naming the same value.
+func TestAssignmentsMatchOnlyTheirIssuer(t *testing.T) {
+	cfg, err := config.Parse([]byte(base+`
+identity:
+  audiences: [api://tokengate]
+  entra: {tenants: [72f988bf-86f1-41af-91ab-2d7cd011db47]}
+  issuers: [{name: keycloak, issuer: "https://kc.example/realms/x"}]
+  unknown_apps: allow
+role_assignments:
+  - {role: openai-contributor, app_roles: [Gateway.Admin]}
+  - {role: openai-user, issuer: keycloak, groups: [ml]}
+`), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := Request{Method: "DELETE", Route: openai.Route{Op: openai.OpFiles, Suffix: "/openai/files/f"}}
+	entra := &auth.Caller{Method: auth.MethodEntra, AppID: "a", Roles: []string{"Gateway.Admin"}}
+	if _, err := p.Authorize(entra, req); err != nil {
+		t.Fatalf("Entra app role should grant contributor: %v", err)
+	}
+	forged := &auth.Caller{Method: auth.MethodOIDC, IssuerName: "keycloak", AppID: "a", Roles: []string{"Gateway.Admin"}}
+	if _, err := p.Authorize(forged, req); err == nil {
+		t.Fatal("a keycloak token's roles claim matched an Entra role assignment")
+	}
+	chat := Request{Method: "POST", Route: openai.Route{Op: openai.OpChatCompletions, Alias: "gpt-4o", Suffix: "chat/completions"}, Alias: "gpt-4o"}
+	kc := &auth.Caller{Method: auth.MethodOIDC, IssuerName: "keycloak", AppID: "b", Groups: []string{"ml"}}
+	if _, err := p.Authorize(kc, chat); err != nil {
+		t.Fatalf("keycloak group assignment: %v", err)
+	}
+	if _, err := p.Authorize(&auth.Caller{Method: auth.MethodEntra, AppID: "b", Groups: []string{"ml"}}, chat); err == nil {
+		t.Fatal("an Entra group matched a keycloak-only assignment")
+	}
+}

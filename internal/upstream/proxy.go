@@ -46,9 +46,11 @@ type Call struct {
 	CallerToken string
 }
 
-// clientCredentialHeaders are never forwarded: the gateway authenticates to
-// backends with its own credential.
-var clientCredentialHeaders = []string{"Api-Key", "Authorization", "Ocp-Apim-Subscription-Key"}
+// droppedHeaders are never forwarded: client credentials (the gateway
+// authenticates to backends with its own) and method overrides (the method
+// the gateway authorized is the one the backend runs).
+var droppedHeaders = []string{"Api-Key", "Authorization", "Ocp-Apim-Subscription-Key",
+	"X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
 
 // clientCredentialParams are removed from the query for the same reason.
 var clientCredentialParams = []string{"api-key", "subscription-key"}
@@ -104,7 +106,7 @@ func (p *Proxy) Forward(w http.ResponseWriter, r *http.Request, c *Call) {
 func rewrite(pr *httputil.ProxyRequest) {
 	c := pr.In.Context().Value(callKey{}).(*Call)
 	h := pr.Out.Header
-	for _, k := range clientCredentialHeaders {
+	for _, k := range droppedHeaders {
 		h.Del(k)
 	}
 	// Bodies pass through as the backend sends them; asking for identity

@@ -39,14 +39,6 @@ func Errorf(status int, code, format string, args ...any) *Error {
 	return &Error{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// Sentinel causes that AsError maps to statuses.
-var (
-	// ErrUpstreamTimeout means a backend did not answer in time.
-	ErrUpstreamTimeout = errors.New("upstream timeout")
-	// ErrClientGone means the client hung up; nothing can be written.
-	ErrClientGone = errors.New("client closed the request")
-)
-
 // StatusClientClosed is logged (never sent) when the client hung up first,
 // following nginx's 499.
 const StatusClientClosed = 499
@@ -58,9 +50,9 @@ func AsError(err error) *Error {
 	switch {
 	case errors.As(err, &e):
 		return e
-	case errors.Is(err, ErrClientGone), errors.Is(err, context.Canceled):
+	case errors.Is(err, context.Canceled):
 		return &Error{Status: StatusClientClosed, Code: "client_closed", Message: "the client closed the request", Err: err}
-	case errors.Is(err, ErrUpstreamTimeout), errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
 		return &Error{Status: http.StatusGatewayTimeout, Code: "upstream_timeout",
 			Message: "the backend did not answer in time; retry later", Err: err}
 	case errors.Is(err, http.ErrAbortHandler):

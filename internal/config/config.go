@@ -39,6 +39,8 @@ type Config struct {
 	Roles []Role `yaml:"roles"`
 	// RoleAssignments grant roles by app id, app role or group.
 	RoleAssignments []RoleAssignment `yaml:"role_assignments"`
+	// Usage configures usage records: spool, sinks, capture.
+	Usage Usage `yaml:"usage"`
 	// Log configures the structured log.
 	Log Log `yaml:"log"`
 }
@@ -131,6 +133,9 @@ type Model struct {
 	Pool string `yaml:"pool"`
 	// Deployments lists where the alias is served. At least one.
 	Deployments []Deployment `yaml:"deployments"`
+	// Price is the alias's price per 1M tokens for chargebacks; without
+	// one, the alias's records cost 0.
+	Price *Price `yaml:"price"`
 }
 
 // Deployment is one backend's deployment serving a model alias.
@@ -248,7 +253,21 @@ func (c *Config) fill() {
 			c.Identity.Issuers[i].AppClaim = "azp"
 		}
 	}
+	c.Usage.fill()
+	for i := range c.Models {
+		if p := c.Models[i].Price; p != nil {
+			if p.CachedInput == nil {
+				p.CachedInput = &p.Input
+			}
+			if p.Currency == "" {
+				p.Currency = "USD"
+			}
+		}
+	}
 	for i := range c.Apps {
+		if c.Apps[i].Capture == "" {
+			c.Apps[i].Capture = "off"
+		}
 		if c.Apps[i].MaxTokens.Cap > 0 && c.Apps[i].MaxTokens.Mode == "" {
 			c.Apps[i].MaxTokens.Mode = "reject"
 		}

@@ -111,6 +111,10 @@ type App struct {
 	Streaming *bool `yaml:"streaming"`
 	// MaxTokens caps max_tokens / max_completion_tokens.
 	MaxTokens MaxTokens `yaml:"max_tokens"`
+	// Capture is what of the prompt and completion the app's usage records
+	// keep: "off" (default: token counts only), "metadata" (sizes and
+	// message count) or "full" (the text, after usage.redact).
+	Capture string `yaml:"capture"`
 }
 
 // StreamingAllowed reports the effective streaming setting.

@@ -134,6 +134,7 @@ func (c *Config) Validate() error {
 	}
 	c.validatePools(bad)
 	c.validateIdentity(bad)
+	c.validateUsage(bad)
 	return errors.Join(errs...)
 }
 

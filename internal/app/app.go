@@ -19,7 +19,7 @@ import (
 	"github.com/tokengate/tokengate/internal/config"
 )
 
-const usage = `tokengate — an Azure OpenAI-compatible AI gateway
+const helpText = `tokengate — an Azure OpenAI-compatible AI gateway
 
 Usage:
   tokengate demo [--addr A] [--admin-addr A] [--data-dir DIR]
@@ -30,6 +30,9 @@ Usage:
                                    print a bearer token for a demo app
   tokengate keys create --app NAME | list | revoke PREFIX  [--config FILE]
                                    manage gateway keys (when identity.gateway_keys is enabled)
+  tokengate usage report --db sqlite:PATH|postgres://... | --config FILE
+        [--from T] [--to T] [--group-by app,team,model,backend] [--format table|csv|json]
+                                   chargeback report from the usage store
   tokengate simulate --config FILE run simulated Azure OpenAI instances
   tokengate config validate FILE   check a config file and list every problem
   tokengate version                print the version
@@ -41,7 +44,7 @@ Run "tokengate COMMAND --help" for a command's flags.
 // the process exit code. ctx is cancelled on SIGINT/SIGTERM.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, helpText)
 		return 2
 	}
 	var err error
@@ -58,14 +61,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runDevToken(args[1:], stdout, stderr)
 	case "keys":
 		err = runKeys(args[1:], stdout, stderr)
+	case "usage":
+		err = runUsage(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "tokengate", version())
 		return 0
 	case "help", "-h", "--help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, helpText)
 		return 0
 	default:
-		fmt.Fprintf(stderr, "tokengate: unknown command %q\n\n%s", args[0], usage)
+		fmt.Fprintf(stderr, "tokengate: unknown command %q\n\n%s", args[0], helpText)
 		return 2
 	}
 	switch {
@@ -153,12 +158,18 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 
 // serveGateway listens on the configured addresses and serves until ctx is
 // done. started, when set, is called once both listeners are bound.
-func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, started func(addr, admin string)) error {
+func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, started func(addr, admin string)) (err error) {
 	gw, err := NewGateway(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer gw.Close(context.WithoutCancel(ctx))
+	defer func() {
+		// After the listeners have drained: every record is in the spool.
+		if cerr := gw.Close(context.WithoutCancel(ctx)); cerr != nil {
+			log.Error("shutdown incomplete", slog.Any("error", cerr))
+			err = errors.Join(err, cerr)
+		}
+	}()
 	ln, err := net.Listen("tcp", cfg.Listen.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Listen.Addr, err)

@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/simulator"
@@ -42,10 +44,13 @@ models: [{name: gpt-4o, deployments: [{backend: bench}]}]
 	if err != nil {
 		b.Fatal(err)
 	}
+	cfg.Usage.Spool.Dir = b.TempDir()
+	cfg.Usage.Sinks = []config.Sink{{Name: "sqlite", Type: config.SinkSQLite, Path: filepath.Join(b.TempDir(), "usage.db"), BatchSize: 500, Timeout: 10 * time.Second}}
 	gw, err := NewGateway(cfg, quiet)
 	if err != nil {
 		b.Fatal(err)
 	}
+	defer gw.Close(context.Background())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

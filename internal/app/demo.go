@@ -59,6 +59,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	vars := map[string]string{
 		"DEV_ISSUER_URL": issuer.State().URL,
 		"DEV_TENANT":     devissuer.Tenant,
+		"DATA_DIR":       *dataDir,
 	}
 	for i, inst := range insts {
 		env := strings.ToUpper(strings.ReplaceAll(inst.Name(), "-", "_"))
@@ -111,7 +112,8 @@ func printDemo(w io.Writer, b demoBanner) {
 	if b.DataDirFlag != defaultDataDir {
 		devToken += " --data-dir " + b.DataDirFlag
 	}
-	r := strings.NewReplacer("{base}", b.Base, "{v}", b.APIVersion, "{token}", b.Token, "{devtoken}", devToken, "{admin}", b.Admin)
+	report := "go run ./cmd/tokengate usage report"
+	r := strings.NewReplacer("{report}", report, "{usagedb}", filepath.Join(b.DataDirFlag, "usage.db"), "{base}", b.Base, "{v}", b.APIVersion, "{token}", b.Token, "{devtoken}", devToken, "{admin}", b.Admin)
 	fmt.Fprint(w, r.Replace(`
 Model aliases: gpt-4o, gpt-4o-mini (chat), text-embedding-3-small (embeddings).
 Apps: chat-app (inference, streaming) and batch-app (no streaming, max_tokens <= 256).
@@ -155,6 +157,9 @@ Every call needs a bearer token; api-key is refused. In another terminal:
 
   # which backend served it, and every backend's breaker and rate-limit state
   curl -si ... | grep -i x-tokengate-backend;  curl -s http://{admin}/admin/backends
+
+  # chargebacks: requests, tokens and cost per app and model (exact, streams included)
+  {report} --db sqlite:{usagedb} --group-by app,model
 
 Press Ctrl-C to stop.
 `))

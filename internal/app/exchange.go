@@ -11,11 +11,13 @@ import (
 	"github.com/tokengate/tokengate/internal/auth"
 	"github.com/tokengate/tokengate/internal/balancer"
 	"github.com/tokengate/tokengate/internal/openai"
+	"github.com/tokengate/tokengate/internal/upstream"
+	"github.com/tokengate/tokengate/internal/usage"
 )
 
 // exchange is the per-request state the pipeline's steps share: each step
-// fills in what it learns, and the access log (later the usage record)
-// reads it when the request ends.
+// fills in what it learns, and the access log and the usage record read it
+// when the request ends.
 type exchange struct {
 	id     string
 	start  time.Time
@@ -25,6 +27,13 @@ type exchange struct {
 	alias  string
 	// selection is the balancer's record of the attempts.
 	selection *balancer.Selection
+	// call is the forwarded call (nil when refused before forwarding).
+	call *upstream.Call
+	// metered is what the response said about usage; tokens and capture
+	// are settled from it when the response is done.
+	metered openai.Meter
+	tokens  usage.Tokens
+	capture *usage.Capture
 }
 
 // cost estimates the request's tokens for steering: about four bytes per
@@ -45,19 +54,19 @@ func exchangeOf(ctx context.Context) *exchange {
 }
 
 // maxRequestIDLen bounds a client-supplied request id; longer or odd ones
-// are replaced so logs and upstream headers stay clean.
+// are not used so logs and upstream headers stay clean.
 const maxRequestIDLen = 128
 
-// requestID returns the client's x-ms-client-request-id or x-request-id when
-// it is a sane token, otherwise a new random id.
-func requestID(h http.Header) string {
-	for _, k := range [...]string{"X-Ms-Client-Request-Id", "X-Request-Id"} {
-		if v := h.Get(k); v != "" && len(v) <= maxRequestIDLen && printableToken(v) {
-			return v
-		}
-	}
+// newRequestID returns a new random request id (a UUID v4 in form). The
+// gateway never adopts a client's id as its own: the request id is the
+// usage record's dedup key, and a client that reused one would otherwise
+// make its requests vanish from chargebacks. The client's
+// x-ms-client-request-id is kept beside it (clientRequestID).
+func newRequestID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
 	var s [36]byte
 	hex.Encode(s[0:8], b[0:4])
 	s[8] = '-'
@@ -90,6 +99,14 @@ type recorder struct {
 	writeTimeout time.Duration
 	status       int
 	bytes        int64
+	err          *openai.Error // the gateway's own error answer, if any
+}
+
+// NoteError keeps the error openai.WriteError is answering with.
+func (w *recorder) NoteError(e *openai.Error) {
+	if w.err == nil {
+		w.err = e
+	}
 }
 
 func (w *recorder) WriteHeader(code int) {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/tokengate/tokengate/internal/openai"
 	"github.com/tokengate/tokengate/internal/policy"
 	"github.com/tokengate/tokengate/internal/upstream"
+	"github.com/tokengate/tokengate/internal/usage"
 )
 
 // Gateway is the client-facing server: the request pipeline over a runtime
@@ -33,6 +35,10 @@ type Gateway struct {
 	policy    *policy.Policy
 	balancer  *balancer.Balancer
 	proxy     *upstream.Proxy
+	usage     *usage.Recorder
+	prices    usage.Prices
+	redactor  *usage.Redactor
+	trusted   []netip.Prefix // usage.trusted_proxies
 	handler   http.Handler
 	ready     atomic.Bool
 }
@@ -55,8 +61,25 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	redactor, err := usage.NewRedactor(cfg.Usage.Redact)
+	if err != nil {
+		return nil, err
+	}
+	var trusted []netip.Prefix
+	for _, p := range cfg.Usage.TrustedProxies {
+		pfx, err := config.ParsePrefix(p)
+		if err != nil {
+			return nil, err
+		}
+		trusted = append(trusted, pfx)
+	}
 	authn, err := auth.New(cfg.Identity, cfg.Apps, log)
 	if err != nil {
+		return nil, err
+	}
+	rec, err := newRecorder(cfg.Usage, log)
+	if err != nil {
+		_ = authn.Close(context.Background())
 		return nil, err
 	}
 	transport := upstream.NewTransport(cfg.Upstream)
@@ -67,6 +90,10 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 		auth:      authn,
 		policy:    pol,
 		balancer:  bal,
+		usage:     rec,
+		prices:    usage.NewPrices(cfg.Models),
+		redactor:  redactor,
+		trusted:   trusted,
 		proxy: upstream.NewProxy(transport, log,
 			upstream.WithBackendHeader(cfg.Upstream.BackendHeader == nil || *cfg.Upstream.BackendHeader)),
 	}
@@ -79,11 +106,12 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 // capabilities plug in where the comments say.
 func (g *Gateway) pipeline() http.Handler {
 	steps := []func(http.Handler) http.Handler{
-		g.track,     // request id, per-write deadlines, access log
-		g.recover,   // a bug answers 500 in the error shape
-		g.identify,  // Entra ID / OIDC token or gateway key -> Caller; api-key refused
-		g.route,     // operation from the path, body peek, model alias
-		g.authorize, // operation, model, streaming, max_tokens caps
+		g.track,       // request id, per-write deadlines, access log, usage record
+		g.recover,     // a bug answers 500 in the error shape
+		g.accountable, // 503 while usage cannot be spooled (when_full: refuse)
+		g.identify,    // Entra ID / OIDC token or gateway key -> Caller; api-key refused
+		g.route,       // operation from the path, body peek, model alias
+		g.authorize,   // operation, model, streaming, max_tokens caps
 		// limits: requests and tokens per minute, quotas
 	}
 	h := http.Handler(http.HandlerFunc(g.forward)) // balancer -> upstream
@@ -122,10 +150,13 @@ func (g *Gateway) readyz(w http.ResponseWriter, _ *http.Request) {
 
 func (g *Gateway) track(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		x := &exchange{id: requestID(r.Header), start: time.Now()}
+		x := &exchange{id: newRequestID(), start: time.Now()}
 		w.Header().Set("X-Request-Id", x.id)
 		rec := &recorder{ResponseWriter: w, rc: http.NewResponseController(w), writeTimeout: g.cfg.Listen.WriteTimeout}
-		defer accessLog(g.log, r, x, rec)
+		defer func() {
+			g.record(r, x, rec)
+			accessLog(g.log, r, x, rec)
+		}()
 		next.ServeHTTP(rec, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, x)))
 	})
 }
@@ -240,7 +271,7 @@ func (g *Gateway) route(next http.Handler) http.Handler {
 // and proxies it: each attempt goes to the selection's next backend.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request) {
 	x := exchangeOf(r.Context())
-	call := &upstream.Call{Route: x.route, RequestID: x.id}
+	call := &upstream.Call{Route: x.route, RequestID: x.id, ClientRequestID: clientRequestID(r.Header)}
 	if x.caller.PassThrough {
 		call.CallerToken = x.caller.Token
 	}
@@ -262,6 +293,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request) {
 		x.selection = sel
 	}
 	call.Selector = x.selection
+	x.call = call
+	x.meter(call)
+	// Deferred: the proxy aborts the handler with a panic when the client
+	// hangs up mid-copy, and that request's tokens count too.
+	defer g.settle(x, call.Body)
 	g.proxy.Forward(w, r, call)
 }
 
@@ -383,10 +419,13 @@ func (g *Gateway) ServeAdmin(ctx context.Context, ln net.Listener) error {
 	return serve(ctx, srv, ln, g.cfg.Listen.ShutdownTimeout, nil)
 }
 
-// Close stops key refreshes and releases idle upstream connections.
+// Close stops key refreshes, releases idle upstream connections, and
+// flushes the usage spool and drains its sinks (within
+// usage.drain_timeout). Call it after Serve has returned, so every
+// request's record is in.
 func (g *Gateway) Close(ctx context.Context) error {
 	g.transport.CloseIdleConnections()
-	return g.auth.Close(ctx)
+	return errors.Join(g.auth.Close(ctx), g.usage.Close(ctx))
 }
 
 // serve runs srv on ln until ctx is done; then it calls beforeShutdown (to

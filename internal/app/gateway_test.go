@@ -89,6 +89,7 @@ func startGateway(t *testing.T, doc, backend string, mutate func(*config.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Usage.Spool.Dir = t.TempDir()
 	if mutate != nil {
 		mutate(cfg)
 	}
@@ -173,8 +174,8 @@ func TestMappingAndCredentials(t *testing.T) {
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d", resp.StatusCode)
 			}
-			if got := resp.Header.Values("X-Request-Id"); len(got) != 1 || got[0] != "req-123" {
-				t.Errorf("client sees x-request-id %q, want exactly the one it sent", got)
+			if got := resp.Header.Values("X-Request-Id"); len(got) != 1 || got[0] == "req-123" || len(got[0]) != 36 {
+				t.Errorf("client sees x-request-id %q, want exactly one, the gateway's own", got)
 			}
 			got := fb.requests()[before]
 			if got.Path != tc.wantPath || got.RawQuery != tc.wantQuery {

@@ -16,9 +16,10 @@ import (
 
 // Attempt is one try of a request at one backend, for logs and records.
 type Attempt struct {
-	Backend string `json:"backend"`
-	Status  int    `json:"status,omitempty"`
-	Error   string `json:"error,omitempty"`
+	Backend    string `json:"backend"`
+	Deployment string `json:"deployment,omitempty"`
+	Status     int    `json:"status,omitempty"`
+	Error      string `json:"error,omitempty"`
 }
 
 // Selection chooses the target of each attempt of one request and learns
@@ -56,7 +57,7 @@ func (s *Selection) Next() (upstream.Target, error) {
 		if len(s.attempts) > 0 {
 			return upstream.Target{}, errNoMore
 		}
-		s.attempts = append(s.attempts, Attempt{Backend: s.fixed.Backend.Name})
+		s.attempts = append(s.attempts, Attempt{Backend: s.fixed.Backend.Name, Deployment: s.fixed.Deployment})
 		return *s.fixed, nil
 	}
 	now := s.b.now()
@@ -74,7 +75,7 @@ func (s *Selection) Next() (upstream.Target, error) {
 				if gi > 0 {
 					s.spilled = true
 				}
-				s.attempts = append(s.attempts, Attempt{Backend: m.target.Backend.Name})
+				s.attempts = append(s.attempts, Attempt{Backend: m.target.Backend.Name, Deployment: m.target.Deployment})
 				return m.target, nil
 			}
 		}
@@ -236,4 +237,12 @@ func (b *inFlightBody) Close() error {
 		b.state.inFlight.Add(-1)
 	}
 	return b.ReadCloser.Close()
+}
+
+// Pool names the pool the selection draws from ("" for pass-through).
+func (s *Selection) Pool() string {
+	if s.pool == nil {
+		return ""
+	}
+	return s.pool.name
 }

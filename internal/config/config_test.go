@@ -183,6 +183,7 @@ func TestLoadExamples(t *testing.T) {
 	t.Setenv("AZURE_OPENAI_EASTUS_KEY", "k")
 	t.Setenv("DEV_TENANT", "7e5ab1c2-0d3f-4a6b-9c8d-1e2f3a4b5c6d")
 	t.Setenv("DEV_ISSUER_URL", "http://127.0.0.1:4")
+	t.Setenv("EVENTHUBS_CONNECTION_STRING", "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k")
 	files, _ := filepath.Glob("../../examples/*.yaml")
 	n := 0
 	for _, f := range files {

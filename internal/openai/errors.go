@@ -77,6 +77,9 @@ func isTimeout(err error) bool {
 // that has gone away gets nothing. It returns the status it chose, for logs.
 func WriteError(w http.ResponseWriter, err error) int {
 	e := AsError(err)
+	if n, ok := w.(interface{ NoteError(*Error) }); ok {
+		n.NoteError(e) // the usage record's error code and reason
+	}
 	if e.Status == StatusClientClosed {
 		return e.Status
 	}

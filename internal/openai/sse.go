@@ -15,11 +15,12 @@ const maxEvent = 1 << 20
 // splits one across flushes. The bytes are exactly those of the source.
 // An EventReader is not safe for concurrent use.
 type EventReader struct {
-	src   io.ReadCloser
-	br    *bufio.Reader
-	event []byte
-	off   int
-	err   error
+	src    io.ReadCloser
+	br     *bufio.Reader
+	filter func([]byte) []byte
+	event  []byte
+	off    int
+	err    error
 }
 
 // streamLost is sent in place of the rest of a stream whose backend
@@ -28,9 +29,12 @@ type EventReader struct {
 // or a truncated event.
 const streamLost = `data: {"error":{"code":"upstream_stream_lost","message":"the backend connection was lost mid-stream; the response is incomplete (it was not retried because part of it had been sent)"}}` + "\n\n"
 
-// NewEventReader frames src. Closing the EventReader closes src.
-func NewEventReader(src io.ReadCloser) *EventReader {
-	return &EventReader{src: src, br: bufio.NewReaderSize(src, 8<<10)}
+// NewEventReader frames src. Closing the EventReader closes src. When
+// filter is not nil, each whole event passes through it: it returns the
+// bytes to pass on (the event itself, a rewritten event, or nothing to drop
+// it); it may not retain its argument.
+func NewEventReader(src io.ReadCloser, filter func(event []byte) []byte) *EventReader {
+	return &EventReader{src: src, br: bufio.NewReaderSize(src, 8<<10), filter: filter}
 }
 
 // Read implements io.Reader.
@@ -57,6 +61,19 @@ func (e *EventReader) Read(p []byte) (int, error) {
 // trailing bytes remain with io.EOF. When the source fails mid-stream, the
 // unterminated event is replaced by an error event, then io.EOF.
 func (e *EventReader) Next() ([]byte, error) {
+	for {
+		ev, err := e.next()
+		if e.filter == nil || len(ev) == 0 {
+			return ev, err
+		}
+		if ev = e.filter(ev); len(ev) > 0 || err != nil {
+			e.event = append(e.event[:0], ev...)
+			return e.event, err
+		}
+	}
+}
+
+func (e *EventReader) next() ([]byte, error) {
 	e.event, e.off = e.event[:0], 0
 	for len(e.event) < maxEvent {
 		line, err := e.br.ReadSlice('\n')

@@ -13,7 +13,7 @@ func TestEventReaderFramesWholeEvents(t *testing.T) {
 	stream := "data: {\"a\":1}\n\n: comment\n\ndata: {\"b\":\n2}\r\n\r\nevent: x\ndata: y\n\ndata: [DONE]\n\n"
 	want := []string{"data: {\"a\":1}\n\n", ": comment\n\n", "data: {\"b\":\n2}\r\n\r\n", "event: x\ndata: y\n\n", "data: [DONE]\n\n"}
 	// One byte at a time from the source must still give whole events.
-	r := NewEventReader(io.NopCloser(iotest.OneByteReader(strings.NewReader(stream))))
+	r := NewEventReader(io.NopCloser(iotest.OneByteReader(strings.NewReader(stream))), nil)
 	var got []string
 	buf := make([]byte, 4096)
 	for {
@@ -35,7 +35,7 @@ func TestEventReaderFramesWholeEvents(t *testing.T) {
 
 func TestEventReaderSmallBufferAndTail(t *testing.T) {
 	stream := "data: 0123456789\n\ndata: unterminated"
-	r := NewEventReader(io.NopCloser(strings.NewReader(stream)))
+	r := NewEventReader(io.NopCloser(strings.NewReader(stream)), nil)
 	got, err := io.ReadAll(iotest.OneByteReader(r))
 	if err != nil || string(got) != stream {
 		t.Fatalf("got %q, %v", got, err)
@@ -45,7 +45,7 @@ func TestEventReaderSmallBufferAndTail(t *testing.T) {
 func TestEventReaderEndsLostStreamsWithAnErrorEvent(t *testing.T) {
 	boom := errors.New("connection reset by peer")
 	src := io.MultiReader(strings.NewReader("data: 1\n\ndata: {\"trunc"), iotest.ErrReader(boom))
-	r := NewEventReader(io.NopCloser(src))
+	r := NewEventReader(io.NopCloser(src), nil)
 	got, err := io.ReadAll(r)
 	if err != nil || string(got) != "data: 1\n\n"+streamLost {
 		t.Fatalf("got %q, %v", got, err)
@@ -54,7 +54,7 @@ func TestEventReaderEndsLostStreamsWithAnErrorEvent(t *testing.T) {
 
 func TestEventReaderBoundsOneEvent(t *testing.T) {
 	huge := strings.Repeat("x", 3*maxEvent)
-	r := NewEventReader(io.NopCloser(strings.NewReader(huge)))
+	r := NewEventReader(io.NopCloser(strings.NewReader(huge)), nil)
 	ev, err := r.Next()
 	if err != nil || len(ev) < maxEvent || len(ev) > maxEvent+(8<<10) {
 		t.Fatalf("first piece is %d bytes (%v), want about %d", len(ev), err, maxEvent)
@@ -67,7 +67,7 @@ func FuzzEventReader(f *testing.F) {
 	f.Add([]byte("\r\n\r\n\n\n"))
 	f.Add([]byte("data: a\r\ndata: b\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r := NewEventReader(io.NopCloser(bytes.NewReader(data)))
+		r := NewEventReader(io.NopCloser(bytes.NewReader(data)), nil)
 		var out []byte
 		for {
 			ev, err := r.Next()
@@ -92,7 +92,7 @@ func BenchmarkEventReader(b *testing.B) {
 	b.ReportAllocs()
 	b.SetBytes(int64(len(stream)))
 	for b.Loop() {
-		r := NewEventReader(io.NopCloser(bytes.NewReader(stream)))
+		r := NewEventReader(io.NopCloser(bytes.NewReader(stream)), nil)
 		for {
 			if _, err := r.Read(buf); err != nil {
 				break

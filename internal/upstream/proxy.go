@@ -9,6 +9,7 @@ import (
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/tokengate/tokengate/internal/openai"
 )
@@ -39,11 +40,24 @@ type Call struct {
 	// re-sent on another backend; nil means the body streams through once
 	// (and the Selector must allow one attempt only).
 	Body []byte
-	// RequestID is sent upstream as x-ms-client-request-id.
+	// RequestID is the gateway's id for the request, sent upstream as
+	// x-ms-client-request-id unless the client sent its own.
 	RequestID string
+	// ClientRequestID is the client's own x-ms-client-request-id (already
+	// checked to be a sane token), passed on so the client can correlate
+	// with the backend's logs.
+	ClientRequestID string
 	// CallerToken is the caller's own Azure OpenAI token, forwarded only to
 	// backends with PassCaller; empty when the caller has none.
 	CallerToken string
+	// UsageBody, when not nil, is Body with stream_options.include_usage
+	// added; it goes to deployments whose api-version streams usage, and
+	// Meter.StripUsage is set so the client never sees the difference.
+	UsageBody []byte
+	// Meter, when not nil, meters the final response on its way out.
+	Meter *openai.Meter
+	// Sent is when the first attempt was sent.
+	Sent time.Time
 }
 
 // droppedHeaders are never forwarded: client credentials (the gateway
@@ -112,7 +126,11 @@ func rewrite(pr *httputil.ProxyRequest) {
 	// Bodies pass through as the backend sends them; asking for identity
 	// keeps streams flushable and usage readable.
 	h.Del("Accept-Encoding")
-	h.Set("X-Ms-Client-Request-Id", c.RequestID)
+	if c.ClientRequestID != "" {
+		h.Set("X-Ms-Client-Request-Id", c.ClientRequestID)
+	} else {
+		h.Set("X-Ms-Client-Request-Id", c.RequestID)
+	}
 }
 
 // retrying is the proxy's transport: it runs the attempts of one call.
@@ -205,8 +223,17 @@ func (t *retrying) attempt(req *http.Request, c *Call, target Target) (*http.Res
 			Message: "the gateway could not obtain its credential for backend " + b.Name + "; its operator should check the gateway log",
 			Err:     err}
 	}
-	if c.Body != nil {
-		out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(c.Body)), int64(len(c.Body))
+	if body := c.Body; body != nil {
+		if c.UsageBody != nil && c.Meter != nil {
+			c.Meter.StripUsage = StreamsUsage(target.APIVersion)
+			if c.Meter.StripUsage {
+				body = c.UsageBody
+			}
+		}
+		out.Body, out.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+	}
+	if c.Sent.IsZero() {
+		c.Sent = time.Now()
 	}
 	out.GetBody = nil // Go's transport must never replay a request by itself
 	return t.base.RoundTrip(out)
@@ -223,10 +250,30 @@ func modifyResponse(resp *http.Response) error {
 	// The client sees the gateway's request id; Azure's own stays in
 	// apim-request-id.
 	resp.Header.Del("X-Request-Id")
-	if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		resp.Body = openai.NewEventReader(resp.Body)
+	ct := resp.Header.Get("Content-Type")
+	c, _ := resp.Request.Context().Value(callKey{}).(*Call)
+	switch {
+	case c != nil && c.Meter != nil:
+		resp.Body = c.Meter.Wrap(resp.Body, ct)
+	case strings.HasPrefix(ct, "text/event-stream"):
+		resp.Body = openai.NewEventReader(resp.Body, nil)
 	}
 	return nil
+}
+
+// StreamsUsage reports whether an Azure OpenAI api-version accepts
+// stream_options.include_usage: 2024-09-01-preview and later previews, and
+// GA versions from 2024-10-21. Versions are dates, so they compare as
+// strings; an unknown form (e.g. "latest", "v1") is assumed recent.
+func StreamsUsage(apiVersion string) bool {
+	if len(apiVersion) < 10 || apiVersion[4] != '-' || apiVersion[7] != '-' {
+		return true
+	}
+	date := apiVersion[:10]
+	if strings.HasSuffix(apiVersion, "-preview") {
+		return date >= "2024-09-01"
+	}
+	return date >= "2024-10-21"
 }
 
 func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) {

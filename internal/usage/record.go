@@ -77,7 +77,8 @@ type Caller struct {
 	Team       string `json:"team,omitempty"`
 	CostCenter string `json:"cost_center,omitempty"`
 	ObjectID   string `json:"object_id,omitempty"`
-	// AuthMethod is "entra", "oidc", "key" or "" (not authenticated).
+	// AuthMethod is "entra", "oidc", "gateway-key", "anonymous", or "" when
+	// the request was refused before the caller was known.
 	AuthMethod string `json:"auth_method,omitempty"`
 }
 

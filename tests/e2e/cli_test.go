@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -115,6 +116,38 @@ func TestDemo(t *testing.T) {
 		}
 	}
 	p.stop(t)
+
+	// The report command the banner prints reads the demo's usage.db: the
+	// refused batch-app call and chat-app's calls with their tokens and cost.
+	if !strings.Contains(p.stdout.String(), "usage report --db sqlite:"+filepath.Join(dataDir, "usage.db")) {
+		t.Errorf("the banner does not print the report command:\n%s", p.stdout.String())
+	}
+	report, err := exec.Command(binary, "usage", "report", "--db", "sqlite:"+filepath.Join(dataDir, "usage.db"),
+		"--group-by", "app", "--format", "json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("usage report: %v\n%s", err, report)
+	}
+	var rows []struct {
+		App              string
+		Requests, Errors int
+		PromptTokens     int64   `json:"prompt_tokens"`
+		CompletionTokens int64   `json:"completion_tokens"`
+		Cost             float64 `json:"cost"`
+	}
+	if err := json.Unmarshal(report, &rows); err != nil {
+		t.Fatalf("report: %v\n%s", err, report)
+	}
+	byApp := map[string]int{}
+	for i, r := range rows {
+		byApp[r.App] = i
+	}
+	chat, batchRow := rows[byApp["chat-app"]], rows[byApp["batch-app"]]
+	if chat.App != "chat-app" || chat.Requests < 4 || chat.PromptTokens == 0 || chat.CompletionTokens == 0 || chat.Cost <= 0 {
+		t.Errorf("chat-app row: %+v\n%s", chat, report)
+	}
+	if batchRow.App != "batch-app" || batchRow.Errors != 1 || batchRow.PromptTokens != 0 {
+		t.Errorf("batch-app row: %+v\n%s", batchRow, report)
+	}
 }
 
 func TestConfigValidate(t *testing.T) {
@@ -122,7 +155,8 @@ func TestConfigValidate(t *testing.T) {
 		cmd := exec.Command(binary, args...)
 		cmd.Env = append(os.Environ(), "PTU_EASTUS_URL=http://127.0.0.1:1", "PAYGO_EASTUS2_URL=http://127.0.0.1:2",
 			"PAYGO_SWEDENCENTRAL_URL=http://127.0.0.1:3", "AZURE_OPENAI_EASTUS_KEY=k",
-			"DEV_TENANT=7e5ab1c2-0d3f-4a6b-9c8d-1e2f3a4b5c6d", "DEV_ISSUER_URL=http://127.0.0.1:4")
+			"DEV_TENANT=7e5ab1c2-0d3f-4a6b-9c8d-1e2f3a4b5c6d", "DEV_ISSUER_URL=http://127.0.0.1:4",
+			"EVENTHUBS_CONNECTION_STRING=Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=send;SharedAccessKey=k")
 		out, err := cmd.CombinedOutput()
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {

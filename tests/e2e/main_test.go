@@ -169,6 +169,7 @@ func (l *lines) waitFor(t *testing.T, substr string, timeout time.Duration) stri
 func start(t *testing.T, args ...string) *process {
 	t.Helper()
 	cmd := exec.Command(binary, args...)
+	cmd.Dir = t.TempDir() // relative defaults (the usage spool) land here
 	outR, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

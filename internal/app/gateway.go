@@ -388,14 +388,25 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	return serve(ctx, srv, ln, g.cfg.Listen.ShutdownTimeout, func() { g.ready.Store(false) })
 }
 
-// AdminHandler serves the admin listener: health and /admin/backends now;
-// /metrics and the rest of /admin later.
+// AdminHandler serves the admin listener: health, /admin/backends and
+// /admin/usage/spool now; /metrics and the rest of /admin later.
 func (g *Gateway) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", g.healthz)
 	mux.HandleFunc("GET /readyz", g.readyz)
 	mux.HandleFunc("GET /admin/backends", g.adminBackends)
+	mux.HandleFunc("GET /admin/usage/spool", g.adminSpool)
 	return mux
+}
+
+// adminSpool shows the usage spool (records and bytes held, whether it is
+// full) and every sink's lag, deliveries and last error.
+func (g *Gateway) adminSpool(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	st := g.usage.Status()
+	_ = enc.Encode(map[string]any{"spool": st.Spool, "near_full": g.usage.NearFull(), "unspooled": st.Unspooled, "sinks": st.Sinks})
 }
 
 // adminBackends lists every backend deployment's breaker state, last

@@ -494,3 +494,32 @@ func TestLongStreamOutlivesTimeouts(t *testing.T) {
 		t.Fatalf("stream incomplete: %q", body)
 	}
 }
+
+func TestClientIP(t *testing.T) {
+	g := &Gateway{}
+	for _, p := range []string{"10.0.0.0/8", "192.168.1.1"} {
+		pfx, err := config.ParsePrefix(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.trusted = append(g.trusted, pfx)
+	}
+	for _, tc := range []struct{ remote, xff, want string }{
+		{"203.0.113.7:4000", "", "203.0.113.7"},
+		{"203.0.113.7:4000", "1.2.3.4", "203.0.113.7"}, // an untrusted peer's header is ignored
+		{"10.1.1.1:4000", "1.2.3.4", "1.2.3.4"},
+		{"10.1.1.1:4000", "6.6.6.6, 1.2.3.4, 10.2.2.2", "1.2.3.4"}, // the client can prepend lies, not append them
+		{"192.168.1.1:4000", "1.2.3.4, 192.168.1.1", "1.2.3.4"},
+		{"10.1.1.1:4000", "garbage, 10.3.3.3", "10.3.3.3"},
+		{"[::ffff:10.1.1.1]:4000", "2001:db8::1", "2001:db8::1"},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", nil)
+		r.RemoteAddr = tc.remote
+		if tc.xff != "" {
+			r.Header.Set("X-Forwarded-For", tc.xff)
+		}
+		if got := g.clientIP(r); got != tc.want {
+			t.Errorf("peer %s, X-Forwarded-For %q: client %s, want %s", tc.remote, tc.xff, got, tc.want)
+		}
+	}
+}

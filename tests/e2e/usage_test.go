@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/openai/openai-go/v3"
 	"github.com/openai/openai-go/v3/option"
@@ -119,7 +120,7 @@ func TestUsageExact(t *testing.T) {
 	ug := newUsageGateway(t, obs, simulator.InstanceConfig{
 		Latency: simulator.Latency{TokensPerSecond: 200}, CompletionTokens: 40,
 	}, "")
-	base, p := serve(t, ug.config)
+	base, admin, p := serveWithAdmin(t, ug.config)
 	client := v1Client(base)
 	ctx := context.Background()
 	seen := map[string]string{} // request id -> what it was
@@ -178,6 +179,31 @@ func TestUsageExact(t *testing.T) {
 	seen[resp.Header.Get("X-Request-Id")] = "refused"
 	if resp.StatusCode != 400 {
 		t.Fatalf("refused: status %d", resp.StatusCode)
+	}
+
+	// The admin listener shows the spool and each sink's progress.
+	var st struct {
+		Sinks []struct {
+			Name      string
+			Delivered int
+		}
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get(admin + "/admin/usage/spool")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil || len(st.Sinks) != 2 {
+			t.Fatalf("/admin/usage/spool: %v %+v", err, st)
+		}
+		if st.Sinks[0].Delivered == len(seen) && st.Sinks[1].Delivered == len(seen) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sinks delivered %+v, want %d each", st.Sinks, len(seen))
+		}
 	}
 
 	p.stop(t) // drains: every record delivered

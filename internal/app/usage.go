@@ -98,7 +98,7 @@ func (g *Gateway) settle(x *exchange, reqBody []byte) {
 		t.Prompt, t.Completion, t.Total = m.Usage.Prompt, m.Usage.Completion, m.Usage.Total
 		t.CachedPrompt, t.Reasoning = m.Usage.CachedPrompt, m.Usage.Reasoning
 		t.Source = usage.SourceBackend
-	case x.servedOK() && reqBody != nil:
+	case m.Status >= 200 && m.Status < 300 && reqBody != nil:
 		c := tokens.ForModel(x.alias)
 		t.Prompt = int64(promptTokens(c, reqBody))
 		t.Completion = int64(c.Count(string(m.Text())))
@@ -125,15 +125,6 @@ func (g *Gateway) settle(x *exchange, reqBody []byte) {
 		cp.Completion = g.redactor.Redact(string(m.Text()))
 	}
 	x.capture = cp
-}
-
-// servedOK says a backend answered with success (so tokens were generated).
-func (x *exchange) servedOK() bool {
-	if x.selection == nil {
-		return false
-	}
-	a := x.selection.Attempts()
-	return len(a) > 0 && a[len(a)-1].Status >= 200 && a[len(a)-1].Status < 300
 }
 
 // promptJSON is the raw prompt of a request body: messages, prompt or input.

@@ -116,6 +116,8 @@ type Meter struct {
 	// the other chunks, so the client gets the bytes it asked for.
 	StripUsage bool
 
+	// Status is the status of the backend response being metered.
+	Status int
 	// Usage is the backend's usage, when HasUsage.
 	Usage    Usage
 	HasUsage bool

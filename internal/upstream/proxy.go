@@ -254,6 +254,7 @@ func modifyResponse(resp *http.Response) error {
 	c, _ := resp.Request.Context().Value(callKey{}).(*Call)
 	switch {
 	case c != nil && c.Meter != nil:
+		c.Meter.Status = resp.StatusCode
 		resp.Body = c.Meter.Wrap(resp.Body, ct)
 	case strings.HasPrefix(ct, "text/event-stream"):
 		resp.Body = openai.NewEventReader(resp.Body, nil)

@@ -213,9 +213,12 @@ func TestAckWhileNextWaits(t *testing.T) {
 	r := s.Reader("a")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	b, err := r.Next(ctx, 5)
-	if err != nil {
+	if err := s.Sync(ctx); err != nil { // all five written: one Next gets them
 		t.Fatal(err)
+	}
+	b, err := r.Next(ctx, 5)
+	if err != nil || len(b.Records) != 5 {
+		t.Fatalf("first batch: %d records, %v", len(b.Records), err)
 	}
 	next := make(chan Batch, 1)
 	go func() {

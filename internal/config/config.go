@@ -39,6 +39,10 @@ type Config struct {
 	Roles []Role `yaml:"roles"`
 	// RoleAssignments grant roles by app id, app role or group.
 	RoleAssignments []RoleAssignment `yaml:"role_assignments"`
+	// Teams carry limits shared by their apps (apps[].team).
+	Teams []Team `yaml:"teams"`
+	// Limits configures where limit counters live and quota periods.
+	Limits Limits `yaml:"limits"`
 	// Usage configures usage records: spool, sinks, capture.
 	Usage Usage `yaml:"usage"`
 	// Log configures the structured log.
@@ -254,6 +258,7 @@ func (c *Config) fill() {
 		}
 	}
 	c.Usage.fill()
+	c.Limits.fill()
 	for i := range c.Models {
 		if p := c.Models[i].Price; p != nil {
 			if p.CachedInput == nil {

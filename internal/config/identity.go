@@ -115,6 +115,9 @@ type App struct {
 	// keep: "off" (default: token counts only), "metadata" (sizes and
 	// message count) or "full" (the text, after usage.redact).
 	Capture string `yaml:"capture"`
+	// Limits are the app's request and token limits, quotas and budget;
+	// each is enforced on its own (all must admit a request).
+	Limits []Limit `yaml:"limits"`
 }
 
 // StreamingAllowed reports the effective streaming setting.

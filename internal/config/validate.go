@@ -135,6 +135,7 @@ func (c *Config) Validate() error {
 	c.validatePools(bad)
 	c.validateIdentity(bad)
 	c.validateUsage(bad)
+	c.validateLimits(bad)
 	return errors.Join(errs...)
 }
 

@@ -116,7 +116,7 @@ func printDemo(w io.Writer, b demoBanner) {
 	r := strings.NewReplacer("{report}", report, "{usagedb}", filepath.Join(b.DataDirFlag, "usage.db"), "{base}", b.Base, "{v}", b.APIVersion, "{token}", b.Token, "{devtoken}", devToken, "{admin}", b.Admin)
 	fmt.Fprint(w, r.Replace(`
 Model aliases: gpt-4o, gpt-4o-mini (chat), text-embedding-3-small (embeddings).
-Apps: chat-app (inference, streaming) and batch-app (no streaming, max_tokens <= 256).
+Apps: chat-app (inference, streaming) and batch-app (no streaming, max_tokens <= 256, 5 requests a minute).
 Every call needs a bearer token; api-key is refused. In another terminal:
 
   # a token for chat-app, valid 1 hour (or: {devtoken} --app chat-app | tail -1)
@@ -131,9 +131,15 @@ Every call needs a bearer token; api-key is refused. In another terminal:
   curl -sN {base}/v1/chat/completions -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
     -d '{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}'
 
+  # batch-app may make 5 requests a minute: the 6th gets 429 with retry-after and x-ratelimit-* headers
+  export BATCH=$({devtoken} --app batch-app | tail -1)
+  for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{http_code} ' {base}/v1/chat/completions -H "Authorization: Bearer $BATCH" \
+    -H 'Content-Type: application/json' -d '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'; done; echo
+  curl -si {base}/v1/chat/completions -H "Authorization: Bearer $BATCH" -H 'Content-Type: application/json' \
+    -d '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}' | grep -iE '^(HTTP|retry-after|x-ratelimit)'
+
   # batch-app may not stream: 400 streaming_disabled
-  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' \
-    -H "Authorization: Bearer $({devtoken} --app batch-app | tail -1)" \
+  curl -s {base}/v1/chat/completions -H 'Content-Type: application/json' -H "Authorization: Bearer $BATCH" \
     -d '{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}'
 
   # Python (pip install openai)

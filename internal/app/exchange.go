@@ -11,6 +11,7 @@ import (
 	"github.com/tokengate/tokengate/internal/auth"
 	"github.com/tokengate/tokengate/internal/balancer"
 	"github.com/tokengate/tokengate/internal/openai"
+	"github.com/tokengate/tokengate/internal/ratelimit"
 	"github.com/tokengate/tokengate/internal/upstream"
 	"github.com/tokengate/tokengate/internal/usage"
 )
@@ -33,7 +34,11 @@ type exchange struct {
 	// are settled from it when the response is done.
 	metered openai.Meter
 	tokens  usage.Tokens
+	charge  usage.Cost // the request's price
 	capture *usage.Capture
+	// reservation is what the limits reserved at admission, settled to
+	// tokens and cost at the end.
+	reservation *ratelimit.Reservation
 }
 
 // cost estimates the request's tokens for steering: about four bytes per

@@ -21,6 +21,8 @@ import (
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/openai"
 	"github.com/tokengate/tokengate/internal/policy"
+	"github.com/tokengate/tokengate/internal/ratelimit"
+	"github.com/tokengate/tokengate/internal/tokens"
 	"github.com/tokengate/tokengate/internal/upstream"
 	"github.com/tokengate/tokengate/internal/usage"
 )
@@ -35,6 +37,7 @@ type Gateway struct {
 	policy    *policy.Policy
 	balancer  *balancer.Balancer
 	proxy     *upstream.Proxy
+	limiter   *ratelimit.Limiter
 	usage     *usage.Recorder
 	prices    usage.Prices
 	redactor  *usage.Redactor
@@ -77,10 +80,19 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	rec, err := newRecorder(cfg.Usage, log)
+	limiter, err := ratelimit.New(cfg, log)
 	if err != nil {
 		_ = authn.Close(context.Background())
 		return nil, err
+	}
+	rec, err := newRecorder(cfg.Usage, log)
+	if err != nil {
+		_ = authn.Close(context.Background())
+		_ = limiter.Close(context.Background())
+		return nil, err
+	}
+	for _, m := range cfg.Models {
+		tokens.ForModel(m.Name).Warm() // the prompt estimator's tables, built once per encoding
 	}
 	transport := upstream.NewTransport(cfg.Upstream)
 	g := &Gateway{
@@ -90,6 +102,7 @@ func NewGateway(cfg *config.Config, log *slog.Logger) (*Gateway, error) {
 		auth:      authn,
 		policy:    pol,
 		balancer:  bal,
+		limiter:   limiter,
 		usage:     rec,
 		prices:    usage.NewPrices(cfg.Models),
 		redactor:  redactor,
@@ -112,7 +125,7 @@ func (g *Gateway) pipeline() http.Handler {
 		g.identify,    // Entra ID / OIDC token or gateway key -> Caller; api-key refused
 		g.route,       // operation from the path, body peek, model alias
 		g.authorize,   // operation, model, streaming, max_tokens caps
-		// limits: requests and tokens per minute, quotas
+		g.limit,       // requests and tokens per minute, quotas, budgets (reserved; settled after the response)
 	}
 	h := http.Handler(http.HandlerFunc(g.forward)) // balancer -> upstream
 	for i := len(steps) - 1; i >= 0; i-- {
@@ -297,7 +310,10 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request) {
 	x.meter(call)
 	// Deferred: the proxy aborts the handler with a panic when the client
 	// hangs up mid-copy, and that request's tokens count too.
-	defer g.settle(x, call.Body)
+	defer g.settle(r.Context(), x, call.Body)
+	if w.Header().Get("X-Ratelimit-Limit-Requests") != "" || w.Header().Get("X-Ratelimit-Limit-Tokens") != "" {
+		call.OwnRateLimitHeaders = true // the app's limits, not the backend's
+	}
 	g.proxy.Forward(w, r, call)
 }
 
@@ -436,7 +452,7 @@ func (g *Gateway) ServeAdmin(ctx context.Context, ln net.Listener) error {
 // request's record is in.
 func (g *Gateway) Close(ctx context.Context) error {
 	g.transport.CloseIdleConnections()
-	return errors.Join(g.auth.Close(ctx), g.usage.Close(ctx))
+	return errors.Join(g.auth.Close(ctx), g.limiter.Close(ctx), g.usage.Close(ctx))
 }
 
 // serve runs srv on ln until ctx is done; then it calls beforeShutdown (to

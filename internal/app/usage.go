@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/openai"
+	"github.com/tokengate/tokengate/internal/ratelimit"
 	"github.com/tokengate/tokengate/internal/tokens"
 	"github.com/tokengate/tokengate/internal/upstream"
 	"github.com/tokengate/tokengate/internal/usage"
@@ -90,7 +91,15 @@ func (x *exchange) meter(call *upstream.Call) {
 // otherwise the offline tokenizer's count of the prompt and of the
 // completion that reached the client. It also captures content when the
 // app asks for it.
-func (g *Gateway) settle(x *exchange, reqBody []byte) {
+func (g *Gateway) settle(ctx context.Context, x *exchange, reqBody []byte) {
+	g.countTokens(x, reqBody)
+	x.charge = g.prices.Cost(x.alias, x.tokens)
+	g.settleLimits(ctx, x)
+	g.capture(x, reqBody)
+}
+
+// countTokens fills x.tokens: the backend's usage, or the estimate.
+func (g *Gateway) countTokens(x *exchange, reqBody []byte) {
 	m := &x.metered
 	t := &x.tokens
 	switch {
@@ -113,6 +122,11 @@ func (g *Gateway) settle(x *exchange, reqBody []byte) {
 	default:
 		t.Source = usage.SourceNone
 	}
+}
+
+// capture keeps the prompt and completion as the app's capture mode asks.
+func (g *Gateway) capture(x *exchange, reqBody []byte) {
+	m := &x.metered
 	if x.caller == nil || x.caller.App == nil || x.caller.App.Capture == usage.CaptureOff || x.caller.App.Capture == "" {
 		return
 	}
@@ -218,7 +232,7 @@ func (g *Gateway) record(r *http.Request, x *exchange, w *recorder) {
 		}
 		rec.Latency.UpstreamMS = ms(done.Sub(x.call.Sent))
 	}
-	rec.Cost = g.prices.Cost(x.alias, rec.Tokens)
+	rec.Cost = x.charge
 	g.usage.Record(rec)
 }
 
@@ -241,9 +255,11 @@ func classify(status int, e *openai.Error, m *openai.Meter, disconnected bool) (
 		return usage.ErrorAuth, code, reason
 	case status == http.StatusForbidden:
 		return usage.ErrorPolicy, code, reason
+	case e != nil && (e.Code == ratelimit.CodeRateLimited || e.Code == ratelimit.CodeQuotaExceeded):
+		return usage.ErrorLimit, code, reason
 	case status == http.StatusTooManyRequests:
 		return usage.ErrorThrottled, code, reason
-	case status == http.StatusServiceUnavailable && e != nil && e.Code == "usage_spool_full":
+	case status == http.StatusServiceUnavailable && e != nil && (e.Code == "usage_spool_full" || e.Code == ratelimit.CodeUnavailable):
 		return usage.ErrorUnavailable, code, reason
 	case status < 500:
 		if e != nil && policyCodes[e.Code] {

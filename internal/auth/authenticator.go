@@ -78,7 +78,11 @@ func New(cfg config.Identity, apps []config.App, logger *slog.Logger, opts ...Op
 	}
 	a := &Authenticator{cfg: cfg, log: logger, now: o.now, cancel: func() {}}
 	if cfg.Anonymous {
-		a.anonymous = &Caller{Method: MethodAnonymous, App: &config.App{Name: "anonymous"}}
+		app := &config.App{Name: config.AnonymousApp}
+		if i := slices.IndexFunc(apps, func(x config.App) bool { return x.Name == config.AnonymousApp }); i >= 0 {
+			app = &apps[i] // its team, limits and capture apply
+		}
+		a.anonymous = &Caller{Method: MethodAnonymous, App: app}
 		return a, nil
 	}
 

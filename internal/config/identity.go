@@ -152,3 +152,8 @@ type RoleAssignment struct {
 	AppRoles []string `yaml:"app_roles"`
 	Groups   []string `yaml:"groups"`
 }
+
+// AnonymousApp names the app anonymous callers count as (identity.anonymous:
+// true). Registering an app with this name (no app_ids needed) gives them
+// its team, limits and capture settings.
+const AnonymousApp = "anonymous"

@@ -28,6 +28,10 @@ type Limits struct {
 	// QuotaStatus is the status of a refusal for an exhausted quota or
 	// budget: 429 (default) or 403 (as APIM's quota policy answers).
 	QuotaStatus int `yaml:"quota_status"`
+	// Window is the span of the rolling window rpm and tpm are counted
+	// over: they are budgets per window. Default 1m, as Azure counts; a
+	// shorter window only makes sense for tests and demos.
+	Window time.Duration `yaml:"window"`
 	// CompletionEstimate is the completion tokens reserved for a request
 	// that names no max_tokens; settled to the actual count afterwards.
 	// Default 1024.
@@ -102,6 +106,9 @@ func (l *Limits) fill() {
 	if l.CompletionEstimate == 0 {
 		l.CompletionEstimate = 1024
 	}
+	if l.Window == 0 {
+		l.Window = time.Minute
+	}
 	if l.Redis.KeyPrefix == "" {
 		l.Redis.KeyPrefix = "tokengate:"
 	}
@@ -141,6 +148,9 @@ func (c *Config) validateLimits(bad func(path, format string, args ...any)) {
 	}
 	if l.QuotaStatus != 429 && l.QuotaStatus != 403 {
 		bad("limits.quota_status", "must be 429 or 403")
+	}
+	if l.Window < time.Second || l.Window > time.Hour {
+		bad("limits.window", "must be between 1s and 1h (default 1m)")
 	}
 	if l.CompletionEstimate < 0 {
 		bad("limits.completion_estimate", "must not be negative")

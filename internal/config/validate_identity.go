@@ -113,8 +113,8 @@ func (c *Config) validateIdentity(bad func(path, format string, args ...any)) {
 		switch {
 		case a.Name == "" || !validName(a.Name):
 			bad(p+".name", "required; letters, digits, '-', '_' and '.'")
-		case a.Name == "anonymous":
-			bad(p+".name", "\"anonymous\" is reserved")
+		case a.Name == AnonymousApp && !id.Anonymous:
+			bad(p+".name", "\"anonymous\" is reserved for identity.anonymous callers")
 		case appNames[a.Name]:
 			bad(p+".name", "%q is registered twice", a.Name)
 		}
@@ -122,7 +122,7 @@ func (c *Config) validateIdentity(bad func(path, format string, args ...any)) {
 		if len(a.AppIDs) > 0 {
 			issuerOK(p+".issuer", a.Issuer)
 		}
-		if len(a.AppIDs) == 0 && !id.GatewayKeys.Enabled {
+		if len(a.AppIDs) == 0 && !id.GatewayKeys.Enabled && !(id.Anonymous && a.Name == AnonymousApp) {
 			bad(p+".app_ids", "at least one app id is required (or enable gateway keys for this app)")
 		}
 		for j, aid := range a.AppIDs {

@@ -56,6 +56,9 @@ type Call struct {
 	UsageBody []byte
 	// Meter, when not nil, meters the final response on its way out.
 	Meter *openai.Meter
+	// OwnRateLimitHeaders says the gateway has set the client's
+	// x-ratelimit-* headers (its app limits): the backend's are dropped.
+	OwnRateLimitHeaders bool
 	// Sent is when the first attempt was sent.
 	Sent time.Time
 }
@@ -252,6 +255,11 @@ func modifyResponse(resp *http.Response) error {
 	resp.Header.Del("X-Request-Id")
 	ct := resp.Header.Get("Content-Type")
 	c, _ := resp.Request.Context().Value(callKey{}).(*Call)
+	if c != nil && c.OwnRateLimitHeaders {
+		for _, k := range rateLimitHeaders {
+			resp.Header.Del(k)
+		}
+	}
 	switch {
 	case c != nil && c.Meter != nil:
 		c.Meter.Status = resp.StatusCode
@@ -261,6 +269,11 @@ func modifyResponse(resp *http.Response) error {
 	}
 	return nil
 }
+
+// rateLimitHeaders are a backend's own limit readings.
+var rateLimitHeaders = []string{"X-Ratelimit-Limit-Requests", "X-Ratelimit-Limit-Tokens",
+	"X-Ratelimit-Remaining-Requests", "X-Ratelimit-Remaining-Tokens",
+	"X-Ratelimit-Reset-Requests", "X-Ratelimit-Reset-Tokens"}
 
 // StreamsUsage reports whether an Azure OpenAI api-version accepts
 // stream_options.include_usage: 2024-09-01-preview and later previews, and

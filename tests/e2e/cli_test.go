@@ -103,6 +103,21 @@ func TestDemo(t *testing.T) {
 		t.Errorf("batch-app streaming: %d %s", resp.StatusCode, b)
 	}
 
+	// batch-app's small limit: five requests a minute, the sixth is a 429
+	// with the headers the SDKs back off on.
+	for i := range 6 {
+		resp = post("/v1/chat/completions", `{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}`, batchLines[len(batchLines)-1])
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		switch {
+		case i < 5 && resp.StatusCode != 200:
+			t.Errorf("batch-app request %d: %d %s", i+1, resp.StatusCode, b)
+		case i == 5 && (resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" ||
+			resp.Header.Get("X-Ratelimit-Limit-Requests") != "5" || resp.Header.Get("X-Ratelimit-Remaining-Requests") != "0"):
+			t.Errorf("batch-app request 6: %d %v %s", resp.StatusCode, resp.Header, b)
+		}
+	}
+
 	// Every alias the banner names is served.
 	for _, tc := range []struct{ path, body string }{
 		{"/v1/chat/completions", `{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"max_tokens":5}`},
@@ -145,7 +160,7 @@ func TestDemo(t *testing.T) {
 	if chat.App != "chat-app" || chat.Requests < 4 || chat.PromptTokens == 0 || chat.CompletionTokens == 0 || chat.Cost <= 0 {
 		t.Errorf("chat-app row: %+v\n%s", chat, report)
 	}
-	if batchRow.App != "batch-app" || batchRow.Errors != 1 || batchRow.PromptTokens != 0 {
+	if batchRow.App != "batch-app" || batchRow.Requests != 7 || batchRow.Errors != 2 || batchRow.PromptTokens == 0 {
 		t.Errorf("batch-app row: %+v\n%s", batchRow, report)
 	}
 }

@@ -1,0 +1,63 @@
+package app
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/tokengate/tokengate/internal/openai"
+	"github.com/tokengate/tokengate/internal/ratelimit"
+	"github.com/tokengate/tokengate/internal/tokens"
+)
+
+// limit admits the request against the caller's app, team, user and model
+// limits, reserving one request and its estimated tokens (prompt estimate
+// plus the completion maximum for every choice); the reservation is settled
+// to the actual usage when the response is done. Refusals are 429s (403 for
+// quotas when so configured) with Retry-After and the x-ratelimit-* headers
+// the SDKs' backoff reads.
+func (g *Gateway) limit(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		x := exchangeOf(r.Context())
+		s := ratelimit.Subject{App: x.caller.App, User: x.caller.ObjectID, Model: x.alias}
+		res, err := g.limiter.Admit(r.Context(), s, g.estimate(x, r))
+		if err != nil {
+			openai.WriteError(w, err)
+			return
+		}
+		x.reservation = res
+		res.Headers(w.Header())
+		next.ServeHTTP(w, r)
+	})
+}
+
+// estimate is the tokens a request reserves: the prompt, estimated from the
+// body in one pass (exact counting of a large prompt is too slow for the
+// request path; the reservation is settled to the backend's count), plus
+// the completion maximum (max_completion_tokens, max_tokens, or
+// limits.completion_estimate when the request names none) for each choice.
+func (g *Gateway) estimate(x *exchange, r *http.Request) int64 {
+	b, ok := r.Body.(*body)
+	if !ok || !x.route.Op.Metered() {
+		return 0
+	}
+	prompt := int64(tokens.ForModel(x.alias).EstimateBody(b.buf.Bytes()))
+	if x.route.Op == openai.OpEmbeddings {
+		return prompt
+	}
+	completion := x.body.MaxCompletionTokens
+	if completion == 0 {
+		completion = x.body.MaxTokens
+	}
+	if completion == 0 {
+		completion = g.cfg.Limits.CompletionEstimate
+	}
+	return prompt + completion*max(x.body.N, 1)
+}
+
+// settleLimits charges the request's actual tokens and cost to its limits.
+func (g *Gateway) settleLimits(ctx context.Context, x *exchange) {
+	if x.reservation == nil {
+		return
+	}
+	x.reservation.Settle(context.WithoutCancel(ctx), x.tokens.Total, x.charge.Amount)
+}

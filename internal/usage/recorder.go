@@ -105,7 +105,7 @@ func (r *Recorder) Record(rec *Record) {
 // Full reports that the spool cannot take more records and the config says
 // to refuse requests until it can.
 func (r *Recorder) Full() bool {
-	return r.cfg.Spool.WhenFull == "refuse" && r.spool.Stats().Full
+	return r.cfg.Spool.WhenFull == "refuse" && r.spool.Full()
 }
 
 // Unspooled is the number of records that could not be spooled.

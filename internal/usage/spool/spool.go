@@ -323,6 +323,10 @@ type Stats struct {
 	Corrupt uint64 `json:"corrupt"`
 }
 
+// Full reports what Stats().Full does, without a lock: it is read on
+// every request.
+func (s *Spool) Full() bool { return s.full.Load() != 0 }
+
 // Stats reports the spool's state. Safe for concurrent use.
 func (s *Spool) Stats() Stats {
 	s.mu.Lock()

@@ -44,6 +44,10 @@ type Gateway struct {
 	trusted   []netip.Prefix // usage.trusted_proxies
 	handler   http.Handler
 	ready     atomic.Bool
+	// inflight counts requests until their usage record is spooled, so
+	// Close never closes the limiter or the spool under a request that a
+	// timed-out shutdown left unwinding.
+	inflight sync.WaitGroup
 }
 
 // NewGateway builds a Gateway from validated config.
@@ -163,6 +167,8 @@ func (g *Gateway) readyz(w http.ResponseWriter, _ *http.Request) {
 
 func (g *Gateway) track(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		g.inflight.Add(1)
+		defer g.inflight.Done()
 		x := &exchange{id: newRequestID(), start: time.Now()}
 		w.Header().Set("X-Request-Id", x.id)
 		rec := &recorder{ResponseWriter: w, rc: http.NewResponseController(w), writeTimeout: g.cfg.Listen.WriteTimeout}
@@ -310,7 +316,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request) {
 	x.meter(call)
 	// Deferred: the proxy aborts the handler with a panic when the client
 	// hangs up mid-copy, and that request's tokens count too.
-	defer g.settle(r.Context(), x, call.Body)
+	defer g.settle(x, call.Body)
 	if w.Header().Get("X-Ratelimit-Limit-Requests") != "" || w.Header().Get("X-Ratelimit-Limit-Tokens") != "" {
 		call.OwnRateLimitHeaders = true // the app's limits, not the backend's
 	}
@@ -451,6 +457,16 @@ func (g *Gateway) ServeAdmin(ctx context.Context, ln net.Listener) error {
 // usage.drain_timeout). Call it after Serve has returned, so every
 // request's record is in.
 func (g *Gateway) Close(ctx context.Context) error {
+	// Requests cut by a shutdown timeout are still unwinding (their
+	// connections are closed, so it is quick): let them record first.
+	done := make(chan struct{})
+	go func() { g.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		g.log.Error("requests still running at shutdown; their usage records may be lost")
+	}
 	g.transport.CloseIdleConnections()
 	return errors.Join(g.auth.Close(ctx), g.limiter.Close(ctx), g.usage.Close(ctx))
 }

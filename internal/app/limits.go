@@ -25,6 +25,10 @@ func (g *Gateway) limit(next http.Handler) http.Handler {
 			return
 		}
 		x.reservation = res
+		// Whoever reserves settles, whatever happens downstream (a refusal
+		// by the balancer, a panic, a hang-up): forward's deferred settle
+		// has filled tokens and cost by then (0 when nothing was served).
+		defer res.Settle(context.WithoutCancel(r.Context()), x.tokens.Total, x.charge.Amount)
 		res.Headers(w.Header())
 		next.ServeHTTP(w, r)
 	})
@@ -52,12 +56,4 @@ func (g *Gateway) estimate(x *exchange, r *http.Request) int64 {
 		completion = g.cfg.Limits.CompletionEstimate
 	}
 	return prompt + completion*max(x.body.N, 1)
-}
-
-// settleLimits charges the request's actual tokens and cost to its limits.
-func (g *Gateway) settleLimits(ctx context.Context, x *exchange) {
-	if x.reservation == nil {
-		return
-	}
-	x.reservation.Settle(context.WithoutCancel(ctx), x.tokens.Total, x.charge.Amount)
 }

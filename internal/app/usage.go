@@ -86,15 +86,14 @@ func (x *exchange) meter(call *upstream.Call) {
 	}
 }
 
-// settle fills the exchange's tokens once the response is done, while the
-// request body is still held: the backend's usage when it gave one,
-// otherwise the offline tokenizer's count of the prompt and of the
-// completion that reached the client. It also captures content when the
-// app asks for it.
-func (g *Gateway) settle(ctx context.Context, x *exchange, reqBody []byte) {
+// settle fills the exchange's tokens and cost once the response is done,
+// while the request body is still held: the backend's usage when it gave
+// one, otherwise the offline tokenizer's count of the prompt and of the
+// completion that reached the client (the limit step then settles its
+// reservation to them). It also captures content when the app asks.
+func (g *Gateway) settle(x *exchange, reqBody []byte) {
 	g.countTokens(x, reqBody)
 	x.charge = g.prices.Cost(x.alias, x.tokens)
-	g.settleLimits(ctx, x)
 	g.capture(x, reqBody)
 }
 

@@ -29,7 +29,7 @@ func TestSettleCapture(t *testing.T) {
 				break
 			}
 		}
-		g.settle(t.Context(), x, body)
+		g.settle(x, body)
 		if x.tokens.Source != usage.SourceBackend || x.tokens.Total != 34 {
 			t.Fatalf("%s: tokens %+v", mode, x.tokens)
 		}
@@ -62,7 +62,7 @@ func TestSettleEstimate(t *testing.T) {
 	r := m.Wrap(nopCloser{strings.NewReader("data: {\"choices\":[{\"delta\":{\"content\":\"Hello there, friend\"},\"index\":0}]}\n\n")}, "text/event-stream")
 	buf := make([]byte, 1024)
 	_, _ = r.Read(buf) // the client hangs up: no EOF, no [DONE]
-	g.settle(t.Context(), x, []byte(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`))
+	g.settle(x, []byte(`{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello"}]}`))
 	if x.tokens.Source != usage.SourceEstimated || x.tokens.Prompt != 9 || x.tokens.Completion != 4+1 {
 		t.Fatalf("tokens %+v", x.tokens)
 	}

@@ -191,7 +191,11 @@ func (s *Selection) Report(resp *http.Response, err error) bool {
 	if resp != nil {
 		h, status = resp.Header, resp.StatusCode
 		failed = s.pool.rule.trips(resp.StatusCode)
-		resp.Body = &inFlightBody{ReadCloser: resp.Body, state: m.state}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			m.state.inFlight.Add(-1) // an upgraded connection must keep its writable body
+		} else {
+			resp.Body = &inFlightBody{ReadCloser: resp.Body, state: m.state}
+		}
 	} else {
 		m.state.inFlight.Add(-1)
 	}

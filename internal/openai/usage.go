@@ -171,7 +171,7 @@ var (
 // event meters one stream event and returns what the client gets: the
 // event, the event without its usage member, or nothing.
 func (m *Meter) event(ev []byte) []byte {
-	i := bytes.Index(ev, dataPrefix)
+	i := dataLine(ev)
 	if i < 0 {
 		return ev
 	}
@@ -185,6 +185,7 @@ func (m *Meter) event(ev []byte) []byte {
 	}
 	// One pass over the top-level members: chunks are small but many.
 	var u, ch gjson.Result
+	uKey := -1 // where the usage member's key starts in data
 	var typ string
 	var response gjson.Result
 	gjson.ParseBytes(data).ForEach(func(k, v gjson.Result) bool {
@@ -192,7 +193,7 @@ func (m *Meter) event(ev []byte) []byte {
 		case "choices":
 			ch = v
 		case "usage":
-			u = v
+			u, uKey = v, k.Index
 		case "error":
 			m.StreamError = true
 		case "type":
@@ -226,8 +227,24 @@ func (m *Meter) event(ev []byte) []byte {
 		return nil // the usage-only chunk the gateway asked for
 	}
 	off := i + len(dataPrefix) + bytes.Index(ev[i+len(dataPrefix):], data)
-	m.scratch = cutMember(m.scratch[:0], ev, off, u)
+	m.scratch = cutMember(m.scratch[:0], ev, off+uKey, off+u.Index+len(u.Raw))
 	return m.scratch
+}
+
+// dataLine returns the index of the event's first line that starts with
+// "data:" (not a comment that mentions it), or -1.
+func dataLine(ev []byte) int {
+	for off := 0; off < len(ev); {
+		if bytes.HasPrefix(ev[off:], dataPrefix) {
+			return off
+		}
+		n := bytes.IndexByte(ev[off:], '\n')
+		if n < 0 {
+			return -1
+		}
+		off += n + 1
+	}
+	return -1
 }
 
 func emptyArray(raw string) bool {
@@ -249,17 +266,12 @@ func (m *Meter) firstContent() {
 	}
 }
 
-// cutMember appends to dst ev without the top-level member whose value
-// gjson found at u.Index of the data that starts at ev[off], and without its
-// separating comma.
-func cutMember(dst, ev []byte, off int, u gjson.Result) []byte {
-	valStart := off + u.Index
-	valEnd := valStart + len(u.Raw)
-	keyStart := bytes.LastIndex(ev[:valStart], usageKey)
-	if u.Index <= 0 || keyStart < off {
+// cutMember appends to dst ev without the member ev[start:end] (its key
+// through its value) and its separating comma.
+func cutMember(dst, ev []byte, start, end int) []byte {
+	if start < 0 || end > len(ev) || start >= end {
 		return append(dst, ev...)
 	}
-	start, end := keyStart, valEnd
 	if p := lastNonSpace(ev[:start]); p >= 0 && ev[p] == ',' {
 		start = p
 	} else if q := skipSpace(ev, end); q < len(ev) && ev[q] == ',' {
@@ -402,8 +414,11 @@ func (t *jsonTap) Read(p []byte) (int, error) {
 }
 
 func (t *jsonTap) Close() error {
-	if t.m.Done.IsZero() {
-		t.m.Done = time.Now()
+	if m := t.m; m.Done.IsZero() {
+		m.Done = time.Now()
+		// The client went away while the body was being written: the copy
+		// may still hold the whole body, usage included.
+		m.finishJSON()
 	}
 	return t.src.Close()
 }

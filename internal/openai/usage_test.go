@@ -257,3 +257,19 @@ func BenchmarkFrameChunk(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*events), "ns/event")
 }
+
+func TestMeterHostileEvents(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		// An escaped key must be cut where it is, not at an earlier "usage" string.
+		{`data: {"choices":[{"delta":{"content":"\"usage\""},"index":0}],"usag\u0065":null}` + "\n\n",
+			`data: {"choices":[{"delta":{"content":"\"usage\""},"index":0}]}` + "\n\n"},
+		// A comment that mentions data: is not the data line.
+		{": data: {\"usage\":null}\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"total_tokens\":2}}\n\n", ""},
+	} {
+		m := &Meter{StripUsage: true}
+		got := readAll(t, m.Wrap(io.NopCloser(strings.NewReader(tc.in)), "text/event-stream"))
+		if string(got) != tc.want {
+			t.Errorf("%q:\n got %q\nwant %q", tc.in, got, tc.want)
+		}
+	}
+}

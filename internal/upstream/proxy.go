@@ -253,6 +253,9 @@ func modifyResponse(resp *http.Response) error {
 	// The client sees the gateway's request id; Azure's own stays in
 	// apim-request-id.
 	resp.Header.Del("X-Request-Id")
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return nil // a websocket: its body is the connection, not a response to meter
+	}
 	ct := resp.Header.Get("Content-Type")
 	c, _ := resp.Request.Context().Value(callKey{}).(*Call)
 	if c != nil && c.OwnRateLimitHeaders {

@@ -28,7 +28,7 @@ func (g *Gateway) limit(next http.Handler) http.Handler {
 		// Whoever reserves settles, whatever happens downstream (a refusal
 		// by the balancer, a panic, a hang-up): forward's deferred settle
 		// has filled tokens and cost by then (0 when nothing was served).
-		defer res.Settle(context.WithoutCancel(r.Context()), x.tokens.Total, x.charge.Amount)
+		defer func() { res.Settle(context.WithoutCancel(r.Context()), x.tokens.Total, x.charge.Amount) }()
 		res.Headers(w.Header())
 		next.ServeHTTP(w, r)
 	})

@@ -20,12 +20,14 @@ import (
 // fills in what it learns, and the access log and the usage record read it
 // when the request ends.
 type exchange struct {
-	id     string
-	start  time.Time
-	caller *auth.Caller
-	route  openai.Route
-	body   openai.Body
-	alias  string
+	id    string
+	start time.Time
+	// clientID is the client's own x-ms-client-request-id, if sane.
+	clientID string
+	caller   *auth.Caller
+	route    openai.Route
+	body     openai.Body
+	alias    string
 	// selection is the balancer's record of the attempts.
 	selection *balancer.Selection
 	// call is the forwarded call (nil when refused before forwarding).

@@ -169,7 +169,7 @@ func (g *Gateway) track(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		g.inflight.Add(1)
 		defer g.inflight.Done()
-		x := &exchange{id: newRequestID(), start: time.Now()}
+		x := &exchange{id: newRequestID(), start: time.Now(), clientID: clientRequestID(r.Header)}
 		w.Header().Set("X-Request-Id", x.id)
 		rec := &recorder{ResponseWriter: w, rc: http.NewResponseController(w), writeTimeout: g.cfg.Listen.WriteTimeout}
 		defer func() {
@@ -290,7 +290,7 @@ func (g *Gateway) route(next http.Handler) http.Handler {
 // and proxies it: each attempt goes to the selection's next backend.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request) {
 	x := exchangeOf(r.Context())
-	call := &upstream.Call{Route: x.route, RequestID: x.id, ClientRequestID: clientRequestID(r.Header)}
+	call := &upstream.Call{Route: x.route, RequestID: x.id, ClientRequestID: x.clientID}
 	if x.caller.PassThrough {
 		call.CallerToken = x.caller.Token
 	}

@@ -183,7 +183,7 @@ func (g *Gateway) record(r *http.Request, x *exchange, w *recorder) {
 	m := &x.metered
 	rec := &usage.Record{
 		RequestID:       x.id,
-		ClientRequestID: clientRequestID(r.Header),
+		ClientRequestID: x.clientID,
 		Start:           x.start.UTC(),
 		End:             end.UTC(),
 		ClientIP:        g.clientIP(r),

@@ -273,6 +273,10 @@ func (l *Limiter) admit(ctx context.Context, now time.Time, cs []check) (store, 
 	return l.local, l.local.admit(ctx, now, cs)
 }
 
+// Limited reports whether any limit applies to a's requests, so callers
+// can skip estimating tokens for apps without limits.
+func (l *Limiter) Limited(a *config.App) bool { return len(l.rulesFor(a)) > 0 }
+
 // rulesFor returns a's rules, compiled in New for the apps of the config.
 func (l *Limiter) rulesFor(a *config.App) []rule {
 	if a == nil {

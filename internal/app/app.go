@@ -10,11 +10,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"runtime/debug"
 	"strings"
-
-	"golang.org/x/sync/errgroup"
 
 	"github.com/tokengate/tokengate/internal/config"
 )
@@ -143,7 +140,12 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if *adminAddr != "" {
 		cfg.Listen.AdminAddr = *adminAddr
 	}
-	return serveGateway(ctx, cfg, newLogger(cfg.Log, stderr), nil)
+	if *addr != "" || *adminAddr != "" {
+		if err := cfg.Validate(); err != nil { // e.g. an exposed admin address needs admin auth
+			return err
+		}
+	}
+	return serveGateway(ctx, cfg, newLogger(cfg.Log, stderr), nil, WithConfigFile(*path, *insecureDev))
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
@@ -154,46 +156,4 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
-}
-
-// serveGateway listens on the configured addresses and serves until ctx is
-// done. started, when set, is called once both listeners are bound.
-func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, started func(addr, admin string)) (err error) {
-	gw, err := NewGateway(cfg, log)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		// After the listeners have drained: every record is in the spool.
-		if cerr := gw.Close(context.WithoutCancel(ctx)); cerr != nil {
-			log.Error("shutdown incomplete", slog.Any("error", cerr))
-			err = errors.Join(err, cerr)
-		}
-	}()
-	ln, err := net.Listen("tcp", cfg.Listen.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen.Addr, err)
-	}
-	var adminLn net.Listener
-	adminAddr := ""
-	if cfg.Listen.AdminAddr != "off" {
-		if adminLn, err = net.Listen("tcp", cfg.Listen.AdminAddr); err != nil {
-			ln.Close()
-			return fmt.Errorf("listen on %s (admin): %w", cfg.Listen.AdminAddr, err)
-		}
-		adminAddr = adminLn.Addr().String()
-	}
-	log.Info("tokengate listening", slog.String("addr", ln.Addr().String()), slog.String("admin_addr", adminAddr),
-		slog.Int("backends", len(cfg.Backends)), slog.Int("models", len(cfg.Models)))
-	if started != nil {
-		started(ln.Addr().String(), adminAddr)
-	}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return gw.Serve(gctx, ln) })
-	if adminLn != nil {
-		g.Go(func() error { return gw.ServeAdmin(gctx, adminLn) })
-	}
-	err = g.Wait()
-	log.Info("tokengate stopped")
-	return err
 }

@@ -60,22 +60,22 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		"DEV_ISSUER_URL": issuer.State().URL,
 		"DEV_TENANT":     devissuer.Tenant,
 		"DATA_DIR":       *dataDir,
+		"ADDR":           *addr,
+		"ADMIN_ADDR":     *adminAddr,
 	}
 	for i, inst := range insts {
 		env := strings.ToUpper(strings.ReplaceAll(inst.Name(), "-", "_"))
 		vars[env+"_URL"] = inst.URL()
 		vars[env+"_KEY"] = simCfg.Instances[i].APIKey
 	}
-	cfg, err := config.Parse(examples.Demo, func(name string) (string, bool) {
-		v, ok := vars[name]
-		return v, ok
-	})
+	// The demo serves a file, like serve does, so editing it hot-reloads.
+	cfgPath := filepath.Join(*dataDir, "tokengate.yaml")
+	if err := writeDemoConfig(cfgPath, vars); err != nil {
+		return err
+	}
+	cfg, err := config.Load(cfgPath)
 	if err != nil {
 		return fmt.Errorf("demo config: %w", err)
-	}
-	cfg.Listen.Addr, cfg.Listen.AdminAddr = *addr, *adminAddr
-	if err := cfg.Validate(); err != nil {
-		return err
 	}
 	apps := map[string]string{}
 	for _, a := range cfg.Apps {
@@ -92,19 +92,43 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	return serveGateway(ctx, cfg, log, func(addr, admin string) {
 		printDemo(stdout, demoBanner{
 			Base: "http://" + addr, Admin: admin, DataDir: abs, DataDirFlag: *dataDir,
-			Token: token, APIVersion: config.DefaultAPIVersion, Sims: insts,
+			Token: token, APIVersion: config.DefaultAPIVersion, Sims: insts, Config: cfgPath,
 		})
-	})
+	}, WithConfigFile(cfgPath, true))
+}
+
+// writeDemoConfig writes the embedded demo config with its ${...} values
+// filled in (comment lines are kept as they are) to path.
+func writeDemoConfig(path string, vars map[string]string) error {
+	lines := strings.SplitAfter(string(examples.Demo), "\n")
+	for i, line := range lines {
+		if strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		v, err := config.Expand(line, func(name string) (string, bool) {
+			v, ok := vars[name]
+			return v, ok
+		})
+		if err != nil {
+			return fmt.Errorf("demo config line %d: %w", i+1, err)
+		}
+		lines[i] = v
+	}
+	header := "# Written by tokengate demo from examples/demo.yaml. Edit and save: the gateway reloads it.\n"
+	if err := os.WriteFile(path, []byte(header+strings.Join(lines, "")), 0o600); err != nil {
+		return fmt.Errorf("demo config: %w", err)
+	}
+	return nil
 }
 
 type demoBanner struct {
-	Base, Admin, DataDir, DataDirFlag, Token, APIVersion string
-	Sims                                                 []*simulator.Instance
+	Base, Admin, DataDir, DataDirFlag, Token, APIVersion, Config string
+	Sims                                                         []*simulator.Instance
 }
 
 func printDemo(w io.Writer, b demoBanner) {
-	fmt.Fprintf(w, "\ntokengate demo is running.\n\n  gateway      %s\n  admin        http://%s  (health: /healthz, /readyz)\n  data dir     %s\n",
-		b.Base, b.Admin, b.DataDir)
+	fmt.Fprintf(w, "\ntokengate demo is running.\n\n  gateway      %s\n  admin        http://%s  (/metrics, /admin/backends, /admin/apps, /admin/config)\n  config       %s  (edit and save: it reloads)\n  data dir     %s\n",
+		b.Base, b.Admin, b.Config, b.DataDir)
 	for _, s := range b.Sims {
 		fmt.Fprintf(w, "  simulated    %-20s %s\n", s.Name(), s.URL())
 	}
@@ -113,7 +137,7 @@ func printDemo(w io.Writer, b demoBanner) {
 		devToken += " --data-dir " + b.DataDirFlag
 	}
 	report := "go run ./cmd/tokengate usage report"
-	r := strings.NewReplacer("{report}", report, "{usagedb}", filepath.Join(b.DataDirFlag, "usage.db"), "{base}", b.Base, "{v}", b.APIVersion, "{token}", b.Token, "{devtoken}", devToken, "{admin}", b.Admin)
+	r := strings.NewReplacer("{config}", b.Config, "{report}", report, "{usagedb}", filepath.Join(b.DataDirFlag, "usage.db"), "{base}", b.Base, "{v}", b.APIVersion, "{token}", b.Token, "{devtoken}", devToken, "{admin}", b.Admin)
 	fmt.Fprint(w, r.Replace(`
 Model aliases: gpt-4o, gpt-4o-mini (chat), text-embedding-3-small (embeddings).
 Apps: chat-app (inference, streaming) and batch-app (no streaming, max_tokens <= 256, 5 requests a minute).
@@ -166,6 +190,14 @@ Every call needs a bearer token; api-key is refused. In another terminal:
 
   # chargebacks: requests, tokens and cost per app and model (exact, streams included)
   {report} --db sqlite:{usagedb} --group-by app,model
+  curl -s 'http://{admin}/admin/usage/summary?group_by=app,model'     # the same numbers, from the admin API
+
+  # operations: Prometheus metrics, apps with their limits and current usage
+  curl -s http://{admin}/metrics | grep -E '^tokengate_(tokens|requests)_total'
+  curl -s http://{admin}/admin/apps
+
+  # hot reload: edit {config} (say batch-app's rpm: 5 -> 10) and save,
+  # or send SIGHUP, or: curl -s -X POST http://{admin}/admin/reload
 
 Press Ctrl-C to stop.
 `))

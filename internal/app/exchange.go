@@ -53,6 +53,15 @@ func (x *exchange) cost(bodyLen int) int64 {
 	return int64(bodyLen/4) + completion*max(x.body.N, 1)
 }
 
+// maxTokens is the completion maximum the request asked for (after any
+// cap the gateway applied), 0 if none.
+func (x *exchange) maxTokens() int64 {
+	if x.body.MaxCompletionTokens > 0 {
+		return x.body.MaxCompletionTokens
+	}
+	return x.body.MaxTokens
+}
+
 type exchangeKey struct{}
 
 func exchangeOf(ctx context.Context) *exchange {

@@ -496,7 +496,7 @@ func TestLongStreamOutlivesTimeouts(t *testing.T) {
 }
 
 func TestClientIP(t *testing.T) {
-	g := &Gateway{}
+	g := &runtime{}
 	for _, p := range []string{"10.0.0.0/8", "192.168.1.1"} {
 		pfx, err := config.ParsePrefix(p)
 		if err != nil {

@@ -15,19 +15,30 @@ import (
 // to the actual usage when the response is done. Refusals are 429s (403 for
 // quotas when so configured) with Retry-After and the x-ratelimit-* headers
 // the SDKs' backoff reads.
-func (g *Gateway) limit(next http.Handler) http.Handler {
+func (rt *runtime) limit(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		x := exchangeOf(r.Context())
-		if !g.limiter.Limited(x.caller.App) {
+		if !rt.limiter.Limited(x.caller.App) {
 			next.ServeHTTP(w, r) // nothing to reserve: no body estimate on the hot path
 			return
 		}
 		s := ratelimit.Subject{App: x.caller.App, User: x.caller.ObjectID, Model: x.alias}
-		res, err := g.limiter.Admit(r.Context(), s, g.estimate(x, r))
+		res, err := rt.limiter.Admit(r.Context(), s, rt.estimate(x, r))
+		app := x.caller.App.Name
 		if err != nil {
+			if id := ratelimit.RefusedBy(err); id != "" {
+				rt.metrics.LimitDecision(app, id, "refused")
+			}
 			openai.WriteError(w, err)
 			return
 		}
+		res.EachDecision(func(limit string, shadowRefused bool) {
+			outcome := "admitted"
+			if shadowRefused {
+				outcome = "shadow_refused"
+			}
+			rt.metrics.LimitDecision(app, limit, outcome)
+		})
 		x.reservation = res
 		// Whoever reserves settles, whatever happens downstream (a refusal
 		// by the balancer, a panic, a hang-up): forward's deferred settle
@@ -43,7 +54,7 @@ func (g *Gateway) limit(next http.Handler) http.Handler {
 // request path; the reservation is settled to the backend's count), plus
 // the completion maximum (max_completion_tokens, max_tokens, or
 // limits.completion_estimate when the request names none) for each choice.
-func (g *Gateway) estimate(x *exchange, r *http.Request) int64 {
+func (rt *runtime) estimate(x *exchange, r *http.Request) int64 {
 	b, ok := r.Body.(*body)
 	if !ok || !x.route.Op.Metered() {
 		return 0
@@ -57,7 +68,7 @@ func (g *Gateway) estimate(x *exchange, r *http.Request) int64 {
 		completion = x.body.MaxTokens
 	}
 	if completion == 0 {
-		completion = g.cfg.Limits.CompletionEstimate
+		completion = rt.cfg.Limits.CompletionEstimate
 	}
 	return prompt + completion*max(x.body.N, 1)
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/tokengate/tokengate/internal/config"
+	"github.com/tokengate/tokengate/internal/metrics"
 	"github.com/tokengate/tokengate/internal/openai"
 	"github.com/tokengate/tokengate/internal/ratelimit"
 	"github.com/tokengate/tokengate/internal/tokens"
@@ -22,8 +23,10 @@ import (
 	"github.com/tokengate/tokengate/internal/usage/store"
 )
 
-// newRecorder opens the configured sinks and the spool.
-func newRecorder(cfg config.Usage, log *slog.Logger) (*usage.Recorder, error) {
+// newRecorder opens the configured sinks and the spool. It also returns
+// the first SQL sink's store, which answers usage summaries.
+func newRecorder(cfg config.Usage, log *slog.Logger) (*usage.Recorder, *store.Store, error) {
+	var reports *store.Store
 	var sinks []usage.Sink
 	closeAll := func() {
 		for _, s := range sinks {
@@ -49,23 +52,26 @@ func newRecorder(cfg config.Usage, log *slog.Logger) (*usage.Recorder, error) {
 		}
 		if err != nil {
 			closeAll()
-			return nil, fmt.Errorf("usage.sinks[%d] (%s): %w", i, sc.Name, err)
+			return nil, nil, fmt.Errorf("usage.sinks[%d] (%s): %w", i, sc.Name, err)
+		}
+		if st, ok := s.(*store.Store); ok && reports == nil {
+			reports = st
 		}
 		sinks = append(sinks, s)
 	}
 	rec, err := usage.NewRecorder(cfg, sinks, log)
 	if err != nil {
 		closeAll()
-		return nil, err
+		return nil, nil, err
 	}
-	return rec, nil
+	return rec, reports, nil
 }
 
 // accountable refuses new requests while their usage could not be
 // recorded (the spool is full and usage.spool.when_full is refuse).
-func (g *Gateway) accountable(next http.Handler) http.Handler {
+func (rt *runtime) accountable(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if g.usage.Full() {
+		if rt.usage.Full() {
 			w.Header().Set("Retry-After", "10")
 			openai.WriteError(w, openai.Errorf(http.StatusServiceUnavailable, "usage_spool_full",
 				"the gateway cannot record usage right now (its usage sinks are behind); retry later"))
@@ -91,14 +97,14 @@ func (x *exchange) meter(call *upstream.Call) {
 // one, otherwise the offline tokenizer's count of the prompt and of the
 // completion that reached the client (the limit step then settles its
 // reservation to them). It also captures content when the app asks.
-func (g *Gateway) settle(x *exchange, reqBody []byte) {
-	g.countTokens(x, reqBody)
-	x.charge = g.prices.Cost(x.alias, x.tokens)
-	g.capture(x, reqBody)
+func (rt *runtime) settle(x *exchange, reqBody []byte) {
+	rt.countTokens(x, reqBody)
+	x.charge = rt.prices.Cost(x.alias, x.tokens)
+	rt.capture(x, reqBody)
 }
 
 // countTokens fills x.tokens: the backend's usage, or the estimate.
-func (g *Gateway) countTokens(x *exchange, reqBody []byte) {
+func (rt *runtime) countTokens(x *exchange, reqBody []byte) {
 	m := &x.metered
 	t := &x.tokens
 	switch {
@@ -124,7 +130,7 @@ func (g *Gateway) countTokens(x *exchange, reqBody []byte) {
 }
 
 // capture keeps the prompt and completion as the app's capture mode asks.
-func (g *Gateway) capture(x *exchange, reqBody []byte) {
+func (rt *runtime) capture(x *exchange, reqBody []byte) {
 	m := &x.metered
 	if x.caller == nil || x.caller.App == nil || x.caller.App.Capture == usage.CaptureOff || x.caller.App.Capture == "" {
 		return
@@ -134,8 +140,8 @@ func (g *Gateway) capture(x *exchange, reqBody []byte) {
 	cp.PromptBytes = len(prompt)
 	cp.Messages = int(gjson.GetBytes(reqBody, "messages.#").Int())
 	if cp.Mode == usage.CaptureFull {
-		cp.Prompt = g.redactor.Redact(string(prompt))
-		cp.Completion = g.redactor.Redact(string(m.Text()))
+		cp.Prompt = rt.redactor.Redact(string(prompt))
+		cp.Completion = rt.redactor.Redact(string(m.Text()))
 	}
 	x.capture = cp
 }
@@ -177,8 +183,9 @@ func promptTokens(c *tokens.Counter, body []byte) int {
 	return n
 }
 
-// record writes the request's usage record.
-func (g *Gateway) record(r *http.Request, x *exchange, w *recorder) {
+// record writes the request's usage record and returns it (read-only: it
+// is spooled already).
+func (rt *runtime) record(r *http.Request, x *exchange, w *recorder) *usage.Record {
 	end := time.Now()
 	m := &x.metered
 	rec := &usage.Record{
@@ -186,7 +193,7 @@ func (g *Gateway) record(r *http.Request, x *exchange, w *recorder) {
 		ClientRequestID: x.clientID,
 		Start:           x.start.UTC(),
 		End:             end.UTC(),
-		ClientIP:        g.clientIP(r),
+		ClientIP:        rt.clientIP(r),
 		UserAgent:       truncate(r.UserAgent(), 256),
 		Operation:       string(x.route.Op),
 		Model:           x.alias,
@@ -232,7 +239,25 @@ func (g *Gateway) record(r *http.Request, x *exchange, w *recorder) {
 		rec.Latency.UpstreamMS = ms(done.Sub(x.call.Sent))
 	}
 	rec.Cost = x.charge
-	g.usage.Record(rec)
+	rt.usage.Record(rec)
+	return rec
+}
+
+// labels are rec's metric labels, bounded by this runtime's config: an
+// unregistered caller is "unknown" and an alias no model is configured
+// under is "other", so clients cannot mint series.
+func (rt *runtime) labels(rec *usage.Record) metrics.Labels {
+	l := metrics.Labels{App: rec.Caller.App, Team: rec.Caller.Team, Operation: rec.Operation, Backend: rec.Backend, Pool: rec.Pool}
+	if l.App == "" {
+		l.App = "unknown"
+	}
+	if rec.Model != "" {
+		l.Model = "other"
+		if rt.models[rec.Model] {
+			l.Model = rec.Model
+		}
+	}
+	return l
 }
 
 // classify names what went wrong, if anything: the error class, the code
@@ -292,13 +317,13 @@ func clientRequestID(h http.Header) string {
 
 // clientIP is the connection's peer, or, when the peer is a trusted proxy,
 // the rightmost X-Forwarded-For address that is not itself trusted.
-func (g *Gateway) clientIP(r *http.Request) string {
+func (rt *runtime) clientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		host = r.RemoteAddr
 	}
 	peer, err := netip.ParseAddr(host)
-	if err != nil || len(g.trusted) == 0 || !g.isTrusted(peer.Unmap()) {
+	if err != nil || len(rt.trusted) == 0 || !rt.isTrusted(peer.Unmap()) {
 		return host
 	}
 	hops := strings.Split(strings.Join(r.Header.Values("X-Forwarded-For"), ","), ",")
@@ -309,15 +334,15 @@ func (g *Gateway) clientIP(r *http.Request) string {
 			break // a malformed hop: stop at the last address we can vouch for
 		}
 		ip = a.Unmap()
-		if !g.isTrusted(ip) {
+		if !rt.isTrusted(ip) {
 			break
 		}
 	}
 	return ip.String()
 }
 
-func (g *Gateway) isTrusted(a netip.Addr) bool {
-	for _, p := range g.trusted {
+func (rt *runtime) isTrusted(a netip.Addr) bool {
+	for _, p := range rt.trusted {
 		if p.Contains(a) {
 			return true
 		}

@@ -15,7 +15,7 @@ func TestSettleCapture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &Gateway{redactor: red}
+	g := &runtime{redactor: red}
 	body := []byte(`{"model":"gpt-4o","messages":[{"role":"system","content":"key sk-abcdefghijklmnopqrstuvwxyz"},{"role":"user","content":"my ssn is 123-45-6789"}]}`)
 	for _, mode := range []string{"off", "metadata", "full"} {
 		x := &exchange{alias: "gpt-4o", caller: &auth.Caller{App: &config.App{Name: "a", Capture: mode}}}
@@ -55,7 +55,7 @@ func TestSettleCapture(t *testing.T) {
 // A request that reached a backend but got no usage is estimated from the
 // request and what reached the client.
 func TestSettleEstimate(t *testing.T) {
-	g := &Gateway{}
+	g := &runtime{}
 	x := &exchange{alias: "gpt-4o", caller: &auth.Caller{}}
 	m := &x.metered
 	m.Status = 200

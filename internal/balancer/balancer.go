@@ -35,6 +35,7 @@ type Balancer struct {
 	passThrough upstream.Target
 	now         func() time.Time
 	log         *slog.Logger
+	prev        *Balancer // WithPrevious: whose States carry over
 }
 
 type pool struct {
@@ -65,6 +66,12 @@ type Option func(*Balancer)
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(b *Balancer) { b.now = now } }
 
+// WithPrevious carries prev's state over to the new Balancer (a config
+// reload): each backend deployment that still exists keeps its breaker,
+// trips, rate-limit readings and in-flight count, shared with prev so
+// requests still running on prev report into the same State.
+func WithPrevious(prev *Balancer) Option { return func(b *Balancer) { b.prev = prev } }
+
 // New builds a Balancer from validated config and the backends built from it.
 func New(cfg *config.Config, backends map[string]*upstream.Backend, log *slog.Logger, opts ...Option) (*Balancer, error) {
 	b := &Balancer{pools: map[string]*pool{}, models: map[string]string{}, now: time.Now, log: log}
@@ -77,7 +84,10 @@ func New(cfg *config.Config, backends map[string]*upstream.Backend, log *slog.Lo
 		if s, ok := states[k]; ok {
 			return s
 		}
-		s := newState(backend, deployment)
+		s := b.prev.state(backend, deployment)
+		if s == nil {
+			s = newState(backend, deployment)
+		}
 		states[k] = s
 		b.states = append(b.states, s)
 		return s
@@ -140,6 +150,19 @@ func New(cfg *config.Config, backends map[string]*upstream.Backend, log *slog.Lo
 		return nil, fmt.Errorf("no pools")
 	}
 	return b, nil
+}
+
+// state returns b's State of a backend deployment, or nil (also for a nil b).
+func (b *Balancer) state(backend, deployment string) *State {
+	if b == nil {
+		return nil
+	}
+	for _, s := range b.states {
+		if s.backend == backend && s.deployment == deployment {
+			return s
+		}
+	}
+	return nil
 }
 
 // PoolFor names the pool serving alias for an app whose pool is appPool

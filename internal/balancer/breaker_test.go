@@ -318,3 +318,45 @@ func BenchmarkSelect(b *testing.B) {
 		})
 	}
 }
+
+func TestWithPreviousKeepsBreakerState(t *testing.T) {
+	b, clk := newClocked(t, twoTier)
+	try(t, b, resp(500), nil)
+	try(t, b, resp(429, "retry-after", "30"), nil) // ptu trips for 30s
+	// The reloaded config drops backend b and changes a's weight.
+	doc := strings.Replace(twoTier, "{backend: b, priority: 2}]", "]", 1)
+	doc = strings.Replace(doc, "{backend: a, priority: 2},", "{backend: a, priority: 2, weight: 5}", 1)
+	doc = strings.Replace(doc, ", {backend: b}]", "]", 1)
+	doc = strings.Replace(doc, `  - {name: b, endpoint: "http://127.0.0.1:3", auth: {type: none}}`+"\n", "", 1)
+	cfg, err := config.Parse([]byte(doc), func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	backends := map[string]*upstream.Backend{}
+	for _, bc := range cfg.Backends {
+		backends[bc.Name], _ = upstream.NewBackend(bc)
+	}
+	nb, err := New(cfg, backends, slog.New(slog.DiscardHandler), WithClock(clk.Now), WithPrevious(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := nb.Snapshot()
+	if len(snap) != 2 {
+		t.Fatalf("want a and ptu, got %+v", snap)
+	}
+	if ptu := snap[1]; ptu.Backend != "ptu" || ptu.State != StateOpen || ptu.Trips != 1 {
+		t.Fatalf("ptu's open breaker did not survive the reload: %+v", ptu)
+	}
+	// The open breaker keeps steering new requests away; a request that
+	// started on the old balancer reports into the same state.
+	if got, _ := try(t, nb, resp(200), nil); got != "a" {
+		t.Fatalf("picked %s while ptu is open", got)
+	}
+	clk.Advance(31 * time.Second)
+	if got, _ := try(t, nb, resp(200), nil); got != "ptu" {
+		t.Fatalf("ptu should take the half-open probe after its trip, got %s", got)
+	}
+	if s := b.Snapshot(); s[len(s)-1].State != StateClosed {
+		t.Fatalf("the old balancer should see the shared state closed again: %+v", s)
+	}
+}

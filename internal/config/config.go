@@ -45,6 +45,12 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Usage configures usage records: spool, sinks, capture.
 	Usage Usage `yaml:"usage"`
+	// Admin protects the admin listener when it is exposed.
+	Admin Admin `yaml:"admin"`
+	// Telemetry configures OpenTelemetry trace export.
+	Telemetry Telemetry `yaml:"telemetry"`
+	// Reload configures hot reload of the config file.
+	Reload Reload `yaml:"reload"`
 	// Log configures the structured log.
 	Log Log `yaml:"log"`
 }
@@ -53,8 +59,9 @@ type Config struct {
 type Listen struct {
 	// Addr is the client-facing address. Default 127.0.0.1:8080.
 	Addr string `yaml:"addr"`
-	// AdminAddr serves health, and later metrics and /admin. Default
-	// 127.0.0.1:8081; "off" disables it.
+	// AdminAddr serves health, /metrics and /admin. Default
+	// 127.0.0.1:8081; "off" disables it. Beyond loopback it needs admin.keys
+	// or admin.role.
 	AdminAddr string `yaml:"admin_addr"`
 	// MaxBodyBytes caps a request body; larger bodies get 413 before any
 	// upstream contact. Default 16 MiB.
@@ -68,9 +75,16 @@ type Listen struct {
 	WriteTimeout time.Duration `yaml:"write_timeout"`
 	// IdleTimeout closes idle keep-alive connections. Default 120s.
 	IdleTimeout time.Duration `yaml:"idle_timeout"`
-	// ShutdownTimeout is how long in-flight requests get to finish on
-	// shutdown. Default 30s.
+	// ShutdownTimeout is how long in-flight requests (streams included)
+	// get to finish on shutdown, after the listener stops accepting.
+	// Requests still running then are cut, recorded, and make the exit
+	// status non-zero. Default 30s.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// ShutdownDelay is how long the listener keeps accepting after
+	// /readyz has turned unready on SIGTERM, so load balancers stop sending
+	// before connections are refused (e.g. 5s behind a Kubernetes Service).
+	// Default 0.
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
 }
 
 // Upstream configures the connection to backends, shared by all of them.
@@ -123,7 +137,7 @@ type BackendAuth struct {
 	Type string `yaml:"type"`
 	// APIKey is required for type api-key; write it as "${SOME_ENV_VAR}" so
 	// the secret stays out of the file.
-	APIKey string `yaml:"api_key"`
+	APIKey string `yaml:"api_key" secret:"true"`
 	// Scope requested for type entra. Default CognitiveServicesScope.
 	Scope string `yaml:"scope"`
 }
@@ -259,6 +273,7 @@ func (c *Config) fill() {
 	}
 	c.Usage.fill()
 	c.Limits.fill()
+	c.fillOperations()
 	for i := range c.Models {
 		if p := c.Models[i].Price; p != nil {
 			if p.CachedInput == nil {

@@ -44,7 +44,7 @@ type Redis struct {
 	Addr     string `yaml:"addr"`
 	Username string `yaml:"username"`
 	// Password, normally "${REDIS_PASSWORD}".
-	Password string `yaml:"password"`
+	Password string `yaml:"password" secret:"true"`
 	DB       int    `yaml:"db"`
 	// TLS connects with TLS (Azure Cache for Redis: port 6380).
 	TLS bool `yaml:"tls"`

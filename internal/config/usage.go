@@ -83,7 +83,7 @@ type Sink struct {
 	MaxFiles int `yaml:"max_files"`
 	// DSN is a PostgreSQL connection string (type postgres), e.g.
 	// "postgres://user:${PGPASSWORD}@host:5432/db?sslmode=require".
-	DSN string `yaml:"dsn"`
+	DSN string `yaml:"dsn" secret:"true"`
 	// Brokers are the Kafka bootstrap brokers (type kafka).
 	Brokers []string `yaml:"brokers"`
 	// Topic is the Kafka topic, or the event hub's name (type eventhubs).
@@ -95,7 +95,7 @@ type Sink struct {
 	// ConnectionString is the Event Hubs namespace's connection string
 	// (type eventhubs), normally "${EVENTHUBS_CONNECTION_STRING}"; the
 	// broker is the namespace's Kafka endpoint on port 9093.
-	ConnectionString string `yaml:"connection_string"`
+	ConnectionString string `yaml:"connection_string" secret:"true"`
 	// BatchSize is the most records written in one call. Default 500.
 	BatchSize int `yaml:"batch_size"`
 	// Timeout bounds one delivery (a dead broker or database is noticed
@@ -108,7 +108,7 @@ type SASL struct {
 	// Mechanism is "plain" (the only one supported), or empty for none.
 	Mechanism string `yaml:"mechanism"`
 	Username  string `yaml:"username"`
-	Password  string `yaml:"password"`
+	Password  string `yaml:"password" secret:"true"`
 }
 
 // Price is a model alias's price per one million tokens.

@@ -136,6 +136,7 @@ func (c *Config) Validate() error {
 	c.validateIdentity(bad)
 	c.validateUsage(bad)
 	c.validateLimits(bad)
+	c.validateOperations(bad)
 	return errors.Join(errs...)
 }
 

@@ -85,3 +85,27 @@ func BenchmarkAdmitRedis(b *testing.B) {
 		benchAdmit(b, cfg, s, true)
 	})
 }
+
+// BenchmarkEachDecision is the metrics hook's walk over the decisions of
+// a typical app's request (five limits).
+func BenchmarkEachDecision(b *testing.B) {
+	cfg, s := benchConfig()
+	l, err := New(cfg, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close(context.Background())
+	res, err := l.Admit(context.Background(), s, 1500)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	count := func(string, bool) { n++ }
+	b.ReportAllocs()
+	for b.Loop() {
+		res.EachDecision(count)
+	}
+	if n == 0 {
+		b.Fatal("no decisions")
+	}
+}

@@ -47,4 +47,20 @@
 // (closed). One request per second probes Redis; the first that succeeds
 // ends the outage. Local quotas start from zero, so an outage can admit up
 // to one extra period's quota across the replicas.
+//
+// # Reloads
+//
+// A reloaded configuration gets a new Limiter built WithPrevious(old): it
+// keeps the old one's counters (shared in memory, the same keys in Redis),
+// so a reload resets no window, quota or budget, and a changed number
+// applies to what is already counted. Reservations taken by the old
+// Limiter settle into the same counters, even after it is closed. Only a
+// changed limits.window restarts the rates, and a changed store all
+// counters.
+//
+// # Observing
+//
+// Peek reads an app's limits and their usage without taking anything;
+// EachDecision and RefusedBy tell which limit decided a request, for
+// metrics.
 package ratelimit

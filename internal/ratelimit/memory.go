@@ -19,10 +19,12 @@ type memory struct {
 	// fallback, where each replica enforces its part of the limit.
 	share int64
 
-	mu      sync.Mutex
+	// mu guards the maps, which a reload may share with the store of the
+	// Limiter it replaces (successor): whoever holds them holds this lock.
+	mu      *sync.Mutex
 	windows map[counterKey]*window
 	quotas  map[counterKey]*quota
-	sweepAt int64 // Unix ms of the next sweep
+	sweepAt int64 // Unix ms of this store's next sweep, under mu
 }
 
 var _ store = (*memory)(nil)
@@ -49,8 +51,30 @@ type quota struct {
 const sweepEvery = time.Minute
 
 func newMemory(geo geometry, share int64) *memory {
-	return &memory{geo: geo, share: max(share, 1),
+	return &memory{geo: geo, share: max(share, 1), mu: new(sync.Mutex),
 		windows: make(map[counterKey]*window), quotas: make(map[counterKey]*quota)}
+}
+
+// successor is the store of a reloaded Limiter with geo and share, keeping
+// m's counters: m itself when neither changed. Otherwise it shares m's lock
+// and quotas (calendar periods do not depend on the window), and m's
+// windows unless the window changed: buckets of another length do not line
+// up, so the rates start over, empty. A different share keeps the counts,
+// which are what this process admitted, and judges them against the new
+// share of the limit.
+//
+// Reservations taken on m keep pointers to m's counters, so they settle
+// into the shared ones.
+func (m *memory) successor(geo geometry, share int64) *memory {
+	share = max(share, 1)
+	if geo == m.geo && share == m.share {
+		return m
+	}
+	n := &memory{geo: geo, share: share, mu: m.mu, windows: m.windows, quotas: m.quotas}
+	if geo != m.geo {
+		n.windows = make(map[counterKey]*window)
+	}
+	return n
 }
 
 func (m *memory) admit(_ context.Context, now time.Time, cs []check) error {
@@ -141,6 +165,31 @@ func (m *memory) settle(_ context.Context, now time.Time, cs []check, tokens int
 	return nil
 }
 
+// peek reads the counters of rules (per-user ones excepted: see Peek)
+// without taking or changing anything.
+func (m *memory) peek(now time.Time, rules []rule, per *periods, out []reading) {
+	cur := now.UnixMilli() / m.geo.bucket
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := range rules {
+		r := &rules[i]
+		if r.perUser {
+			continue
+		}
+		k := counterKey{key: r.key}
+		if r.kind.rate() {
+			if w := m.windows[k]; w != nil {
+				out[i].used, out[i].whole = w.usage(m.geo, cur)
+			}
+			continue
+		}
+		start, _ := per.bounds(r.kind)
+		if q := m.quotas[k]; q != nil && q.start == start {
+			out[i].used, out[i].spent = q.used, q.spent
+		}
+	}
+}
+
 func (m *memory) window(c *check) *window {
 	k := counterKey{c.rule.key, c.user}
 	w := m.windows[k]
@@ -183,6 +232,19 @@ func (w *window) advance(g geometry, cur int64) int64 {
 	}
 	w.last = cur
 	return cur
+}
+
+// usage is what the window counts at bucket cur and the Unix ms its newest
+// counted bucket leaves (0 if it counts nothing), as advance and wait would
+// find, without changing the ring.
+func (w *window) usage(g geometry, cur int64) (sum, whole int64) {
+	for i := max(w.last, cur) - g.n + 1; i <= w.last; i++ {
+		if v := w.b[i%g.n]; v != 0 {
+			sum += v
+			whole = g.leaves(i)
+		}
+	}
+	return sum, whole
 }
 
 // wait returns, in ms from now, when enough of the oldest buckets will have

@@ -2,12 +2,15 @@ package ratelimit
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/openai"
@@ -21,7 +24,9 @@ const (
 )
 
 // Limiter enforces the limits of one configuration. It is safe for
-// concurrent use; Close releases the Redis connections.
+// concurrent use; Close releases the Redis connections. A hot reload builds
+// the next configuration's Limiter with WithPrevious, which carries the
+// counters over.
 type Limiter struct {
 	log         *slog.Logger
 	now         func() time.Time
@@ -42,6 +47,15 @@ type Limiter struct {
 	local    *memory     // store: redis, on_store_error: open
 	fallback string      // what happens while Redis is down, for the log
 
+	// errs counts failed Redis calls (StoreErrors), shared along reloads.
+	errs *atomic.Uint64
+	// prev is WithPrevious's Limiter, during New only: keeping it would
+	// chain every Limiter since the start.
+	prev *Limiter
+	// next is the Limiter built WithPrevious(l), where Reservations taken
+	// here settle once l is closed.
+	next atomic.Pointer[Limiter]
+
 	periods atomic.Pointer[periods]
 	closed  atomic.Bool
 }
@@ -54,6 +68,35 @@ type Option func(*Limiter)
 // server's clock.
 func WithClock(now func() time.Time) Option {
 	return func(l *Limiter) { l.now, l.fixedClock = now, true }
+}
+
+// WithPrevious makes the new Limiter, built for a reloaded configuration,
+// carry on from prev, the one it replaces, so a reload resets no one's
+// windows, quotas or budgets. Counters are named by what they count
+// (scope, app or team, model, per-user, kind, shadow), not by the limit's
+// number or position, so a limit whose number changes keeps its count: 5
+// requests counted under rpm: 5 leave 5 more under rpm: 10, none under
+// rpm: 3. A limit whose scope or model changes, or that turns from shadow
+// to enforced, is another counter and starts empty.
+//
+// With store: memory the new Limiter shares prev's counters, and with
+// store: redis the local fallback's (on_store_error: open): the same ones
+// when limits.window is unchanged; when it changed, the rates start over
+// (buckets of another length do not line up) while quotas and budgets are
+// kept. With store: redis the counters are Redis keys already; the new
+// Limiter has its own connections and carries the outage state when the
+// server is the same. Changing the store itself (memory to redis or back)
+// starts every counter over. StoreErrors continues prev's count either way.
+//
+// Reservations taken on prev settle into the same counters, also after
+// prev.Close: with Redis, through the connections of an open Limiter that
+// replaced it.
+// prev keeps working until it is closed, so requests still holding it are
+// judged against the same counters. If several Limiters are built
+// WithPrevious(prev) (one discarded by a reload that failed later on, then
+// another), the last one built is where prev's reservations settle.
+func WithPrevious(prev *Limiter) Option {
+	return func(l *Limiter) { l.prev = prev }
 }
 
 // New builds the limiter for cfg: the rules of every app (cfg.Apps[].Limits
@@ -77,6 +120,12 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Limiter, error)
 	for _, o := range opts {
 		o(l)
 	}
+	prev := l.prev
+	l.prev = nil
+	l.errs = new(atomic.Uint64)
+	if prev != nil {
+		l.errs = prev.errs
+	}
 	l.teams = compileTeams(cfg.Teams, l.window)
 	l.apps = make(map[string][]rule, len(cfg.Apps))
 	for i := range cfg.Apps {
@@ -84,25 +133,44 @@ func New(cfg *config.Config, log *slog.Logger, opts ...Option) (*Limiter, error)
 	}
 	switch lc.Store {
 	case "memory":
-		l.mem = newMemory(l.geo, 1)
+		if prev != nil && prev.mem != nil {
+			l.mem = prev.mem.successor(l.geo, 1)
+		} else {
+			l.mem = newMemory(l.geo, 1)
+		}
 	case "redis":
 		if lc.Redis.Addr == "" {
 			return nil, fmt.Errorf("ratelimit: limits.redis.addr is required with store: redis")
 		}
-		l.redis = newRedisStore(lc, l.geo, l.fixedClock)
+		l.redis = newRedisStore(lc, l.geo, l.fixedClock, l.errs)
 		l.fallback = "refusing requests with 503 (on_store_error: closed)"
 		if lc.OnStoreError != "closed" {
-			l.local = newMemory(l.geo, int64(lc.Replicas))
+			if prev != nil && prev.local != nil {
+				l.local = prev.local.successor(l.geo, int64(lc.Replicas))
+			} else {
+				l.local = newMemory(l.geo, int64(lc.Replicas))
+			}
 			l.fallback = fmt.Sprintf("enforcing each limit / %d replicas locally (on_store_error: open)", lc.Replicas)
+		}
+		if prev != nil && prev.redis != nil && prev.redis.server == l.redis.server && prev.redis.circuit.down.Load() {
+			// Still in prev's outage: warm's outcome ends it (logged
+			// once) or continues it (not logged again).
+			l.redis.circuit.next.Store(time.Now().Add(l.redis.circuit.every).UnixNano())
+			l.redis.circuit.down.Store(true)
 		}
 		if err := l.redis.warm(); err != nil {
 			// Not answering at start counts as down, timeout or not:
 			// there is no success yet to tell a blip from an outage.
-			l.redis.circuit.errs.Add(1)
+			l.errs.Add(1)
 			l.redis.circuit.trip(l.log, err, l.fallback)
+		} else {
+			l.redis.circuit.ok(l.log)
 		}
 	default:
 		return nil, fmt.Errorf("ratelimit: unknown limits.store %q", lc.Store)
+	}
+	if prev != nil {
+		prev.next.Store(l)
 	}
 	return l, nil
 }
@@ -131,8 +199,11 @@ func withDefaults(l config.Limits) config.Limits {
 	return l
 }
 
-// Close releases the Redis connections. Reservations settled afterwards
-// are dropped; calling it again does nothing.
+// Close releases the Redis connections; calling it again does nothing.
+// Reservations settled afterwards settle through the Limiter that
+// replaced l (WithPrevious), if it is open; otherwise those taken on Redis
+// are dropped. The memory store has nothing to release: a successor
+// sharing it is unaffected.
 func (l *Limiter) Close(context.Context) error {
 	if l.closed.Swap(true) || l.redis == nil {
 		return nil
@@ -141,13 +212,9 @@ func (l *Limiter) Close(context.Context) error {
 }
 
 // StoreErrors is how many Redis calls have failed (timed out or could not
-// connect) since New.
-func (l *Limiter) StoreErrors() uint64 {
-	if l.redis == nil {
-		return 0
-	}
-	return l.redis.circuit.errs.Load()
-}
+// connect) since New, counting those of the Limiters it replaced
+// (WithPrevious): it never decreases, as a metrics counter must not.
+func (l *Limiter) StoreErrors() uint64 { return l.errs.Load() }
 
 // Subject is who a request counts against.
 type Subject struct {
@@ -170,8 +237,9 @@ var unlimited = &Reservation{}
 // CodeQuotaExceeded (limits.quota_status) or CodeUnavailable (503), with
 // Retry-After and x-ratelimit-* headers; a request larger than a limit's
 // whole capacity is refused without Retry-After, since waiting cannot help.
-// Shadow limits never refuse: their would-be refusals are logged and listed
-// in the Reservation's ShadowRefused.
+// RefusedBy names the limit that refused. Shadow limits never refuse: their
+// would-be refusals are logged and listed in the Reservation's
+// ShadowRefused (EachDecision reports every limit's outcome).
 //
 // The Reservation may be shared (when nothing applies): treat it as
 // read-only, apart from Settle.
@@ -240,6 +308,7 @@ func (l *Limiter) Admit(ctx context.Context, s Subject, tokens int64) (*Reservat
 	for _, r := range never {
 		l.shadowRefused(ctx, res, r, &s, -1)
 	}
+	res.never = int32(len(never))
 	for i := range res.checks {
 		if c := &res.checks[i]; !c.fits {
 			l.shadowRefused(ctx, res, c.rule, &s, c.wait(now))
@@ -268,7 +337,7 @@ func (l *Limiter) admit(ctx context.Context, now time.Time, cs []check) (store, 
 	if l.local == nil {
 		return nil, &openai.Error{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
 			Message: "the gateway cannot check this app's limits right now (its limit store is unreachable); retry shortly",
-			Header:  http.Header{"Retry-After": {"1"}}, Err: errStore}
+			Header:  http.Header{"Retry-After": {"1"}}, Err: ErrStoreUnavailable}
 	}
 	return l.local, l.local.admit(ctx, now, cs)
 }
@@ -328,6 +397,7 @@ type Reservation struct {
 	l       *Limiter
 	store   store // where it was taken: Redis or the local fallback
 	settled atomic.Bool
+	never   int32 // ShadowRefused[:never] could never fit: not in checks
 	checks  []check
 	buf     [6]check // checks' storage: most apps have few limits
 }
@@ -345,25 +415,75 @@ func (r *Reservation) Headers(h http.Header) {
 	}
 }
 
+// EachDecision calls fn once for every limit r's request was judged by,
+// with the limit's id ("app/batch-app/limits[0].rpm"): for enforced
+// limits, which all admitted it, and shadow limits that would have too,
+// shadowRefused is false; for shadow limits that would have refused it
+// (ShadowRefused), true. Limits that do not apply to the request (another
+// model, no caller id for a per-user limit) are not reported. For a
+// refusal, Admit returns no Reservation: RefusedBy names the limit. It
+// does nothing on a nil Reservation or one no limit applied to.
+func (r *Reservation) EachDecision(fn func(limit string, shadowRefused bool)) {
+	if r == nil {
+		return
+	}
+	for _, id := range r.ShadowRefused[:min(int(r.never), len(r.ShadowRefused))] {
+		fn(id, true)
+	}
+	for i := range r.checks {
+		c := &r.checks[i]
+		fn(c.rule.id, !c.fits)
+	}
+}
+
 // Settle replaces the reservation's token estimate with the actual tokens
 // (refunding the difference, or charging the excess, which may push a
 // counter over its limit: later requests then wait until it has left the
 // window) and adds cost to monthly budgets. Only the first call counts.
 // It returns within limits.redis.timeout. A settlement Redis cannot take is
 // dropped: while Redis is down it is not even tried, and a failed attempt
-// counts in StoreErrors.
+// counts in StoreErrors. After a reload closed the Limiter that took it,
+// it settles into the same counters (see WithPrevious).
 func (r *Reservation) Settle(ctx context.Context, tokens int64, cost float64) {
 	if r == nil || len(r.checks) == 0 || r.settled.Swap(true) {
 		return
 	}
 	tokens = max(tokens, 0)
 	l := r.l
-	if r.store == l.redis && (l.redis.circuit.down.Load() || l.closed.Load()) {
+	if r.store != l.redis {
+		// Memory: the counters outlive Close, and a successor shares them.
+		_ = r.store.settle(ctx, l.now(), r.checks, tokens, cost)
+		return
+	}
+	via := l
+	if l.closed.Load() {
+		// The keys are the same from any Limiter: settle through a
+		// successor's connections.
+		if via = l.successor(); via == nil {
+			return
+		}
+	}
+	if via.redis.circuit.down.Load() {
 		return // the settlement would only wait to fail
 	}
-	if err := r.store.settle(ctx, l.now(), r.checks, tokens, cost); err != nil && r.store == l.redis && ctx.Err() == nil {
-		l.redis.circuit.failed(l.log, err, l.fallback)
+	err := l.redis.settleVia(ctx, via.redis.client, l.now(), r.checks, tokens, cost)
+	if err != nil && ctx.Err() == nil && !errors.Is(err, redis.ErrClosed) {
+		via.redis.circuit.failed(via.log, err, via.fallback)
 	}
+}
+
+// successor is the first open Limiter of those that replaced l in reloads,
+// one after the other, if it keeps its counters in Redis; nil otherwise.
+func (l *Limiter) successor() *Limiter {
+	for n := l.next.Load(); n != nil; n = n.next.Load() {
+		if !n.closed.Load() {
+			if n.redis == nil {
+				return nil
+			}
+			return n
+		}
+	}
+	return nil
 }
 
 // setRateHeaders sets the x-ratelimit-* headers from the tightest rpm and

@@ -39,6 +39,7 @@ import (
 // Azure tiers) are not supported.
 type redisStore struct {
 	client  *redis.Client
+	server  string // addr/db: whether a reload kept the server
 	prefix  string // limits.redis.key_prefix + "rl:"
 	timeout time.Duration
 	geo     geometry
@@ -48,7 +49,9 @@ type redisStore struct {
 
 var _ store = (*redisStore)(nil)
 
-func newRedisStore(lc config.Limits, geo geometry, fixed bool) *redisStore {
+// newRedisStore connects lazily; errs counts the failed calls (shared
+// across reloads).
+func newRedisStore(lc config.Limits, geo geometry, fixed bool, errs *atomic.Uint64) *redisStore {
 	r := lc.Redis
 	opts := &redis.Options{
 		Addr:     r.Addr,
@@ -83,11 +86,12 @@ func newRedisStore(lc config.Limits, geo geometry, fixed bool) *redisStore {
 	}
 	return &redisStore{
 		client:  redis.NewClient(opts),
+		server:  r.Addr + "/" + strconv.Itoa(r.DB),
 		prefix:  r.KeyPrefix + "rl:",
 		timeout: r.Timeout,
 		geo:     geo,
 		fixed:   fixed,
-		circuit: circuit{every: time.Second},
+		circuit: circuit{every: time.Second, errs: errs},
 	}
 }
 
@@ -100,6 +104,11 @@ func newRedisStore(lc config.Limits, geo geometry, fixed bool) *redisStore {
 // n, shadow ('1' or '0'), ttl_ms (quotas).
 // Returns now_ms, the current bucket, then five per key: fits, took, used,
 // retry_ms, reset_ms (as memory.admit computes them).
+//
+// A window's buckets more than a window ahead of the current one were
+// counted with another bucket length (limits.window changed in a reload or
+// a deploy): they are deleted like those that left, or they would count
+// forever. The window then starts over, as the memory store's does.
 var admitScript = redis.NewScript(`
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -120,7 +129,7 @@ for i, key in ipairs(KEYS) do
 		local newest = -1
 		for j = 1, #h, 2 do
 			local b = tonumber(h[j])
-			if b <= cur - nb then
+			if b <= cur - nb or b > cur + nb then
 				redis.call('HDEL', key, h[j])
 			else
 				local v = tonumber(h[j + 1])
@@ -136,7 +145,7 @@ for i, key in ipairs(KEYS) do
 			local bs = {}
 			for j = 1, #h, 2 do
 				local b = tonumber(h[j])
-				if b > cur - nb then bs[#bs + 1] = {b, tonumber(h[j + 1])} end
+				if b > cur - nb and b <= cur + nb then bs[#bs + 1] = {b, tonumber(h[j + 1])} end
 			end
 			table.sort(bs, function(x, y) return x[1] < y[1] end)
 			local freed = 0
@@ -214,6 +223,98 @@ end
 return 1
 `)
 
+// peekScript reads counters for Peek, changing nothing.
+//
+// ARGV: now_ms (0: the server's clock), bucket_ms, buckets counted, then
+// one kind per key ('r', 'q', 'b').
+// Returns two values per key: for a window the count in it and the Unix ms
+// it is whole again (0: it counts nothing); for a quota its count
+// and 0; for a budget the spent cost as a string (Lua numbers are returned
+// as integers) and 0. Windows count their buckets as the admit script
+// does.
+var peekScript = redis.NewScript(`
+local now = tonumber(ARGV[1])
+if now == 0 then
+	local t = redis.call('TIME')
+	now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local bms, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
+local cur = math.floor(now / bms)
+local out = {}
+for i, key in ipairs(KEYS) do
+	local kind = ARGV[3 + i]
+	if kind == 'r' then
+		local h = redis.call('HGETALL', key)
+		local used, newest = 0, -1
+		for j = 1, #h, 2 do
+			local b, v = tonumber(h[j]), tonumber(h[j + 1])
+			if b > cur - nb and b <= cur + nb and v ~= 0 then
+				used = used + v
+				if b > newest then newest = b end
+			end
+		end
+		out[#out + 1] = used
+		out[#out + 1] = newest >= 0 and (newest + nb) * bms or 0
+	elseif kind == 'q' then
+		out[#out + 1] = tonumber(redis.call('GET', key) or '0')
+		out[#out + 1] = 0
+	else
+		out[#out + 1] = redis.call('GET', key) or '0'
+		out[#out + 1] = 0
+	end
+end
+return out
+`)
+
+// peek reads the counters of rules (per-user ones excepted: see Peek) in
+// one round trip, within the timeout.
+func (s *redisStore) peek(ctx context.Context, now time.Time, rules []rule, per *periods, out []reading) error {
+	var keys []string
+	args := []any{s.clock(now), s.geo.bucket, s.geo.n}
+	var idx []int // the rule of each key
+	for i := range rules {
+		r := &rules[i]
+		if r.perUser {
+			continue
+		}
+		c := check{rule: r}
+		c.periodStart, c.periodEnd = per.bounds(r.kind)
+		keys = append(keys, s.key(&c))
+		args = append(args, kindArg(r.kind))
+		idx = append(idx, i)
+	}
+	if keys == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	v, err := peekScript.Run(ctx, s.client, keys, args...).Slice()
+	if err != nil {
+		return err
+	}
+	if len(v) != 2*len(keys) {
+		return fmt.Errorf("ratelimit: peek script returned %d values for %d keys", len(v), len(keys))
+	}
+	for j, i := range idx {
+		a, b := v[2*j], v[2*j+1]
+		if sp, ok := a.(string); ok {
+			f, err := strconv.ParseFloat(sp, 64)
+			if err != nil {
+				return fmt.Errorf("ratelimit: budget counter %s: %w", keys[j], err)
+			}
+			out[i].spent = f
+			continue
+		}
+		used, ok1 := a.(int64)
+		whole, ok2 := b.(int64)
+		if !ok1 || !ok2 {
+			return fmt.Errorf("ratelimit: peek script returned %T, %T for %s", a, b, keys[j])
+		}
+		out[i].used, out[i].whole = used, whole
+	}
+	return nil
+}
+
 func (s *redisStore) admit(ctx context.Context, now time.Time, cs []check) error {
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
@@ -251,6 +352,12 @@ func (s *redisStore) admit(ctx context.Context, now time.Time, cs []check) error
 }
 
 func (s *redisStore) settle(ctx context.Context, now time.Time, cs []check, tokens int64, cost float64) error {
+	return s.settleVia(ctx, s.client, now, cs, tokens, cost)
+}
+
+// settleVia settles checks s took through client: s's own, or after a
+// reload closed it, the newest Limiter's (Reservation.Settle).
+func (s *redisStore) settleVia(ctx context.Context, client *redis.Client, now time.Time, cs []check, tokens int64, cost float64) error {
 	var keys []string
 	var args []any
 	for i := range cs {
@@ -274,7 +381,7 @@ func (s *redisStore) settle(ctx context.Context, now time.Time, cs []check, toke
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	return settleScript.Run(ctx, s.client, keys, args...).Err()
+	return settleScript.Run(ctx, client, keys, args...).Err()
 }
 
 // warm loads the scripts. Without it, the first burst after a start finds
@@ -345,7 +452,9 @@ type circuit struct {
 	down     atomic.Bool
 	next     atomic.Int64 // Unix ns of the next probe while down
 	timeouts atomic.Int64 // since the last success
-	errs     atomic.Uint64
+	// errs counts failed calls; the Limiter's counter, which reloads
+	// carry over (WithPrevious), so StoreErrors never decreases.
+	errs *atomic.Uint64
 }
 
 const tripTimeouts = 3
@@ -394,6 +503,7 @@ func isTimeout(err error) bool {
 		errors.As(err, &ne) && ne.Timeout()
 }
 
-// errStore is the cause of a 503 while Redis is unreachable and
-// on_store_error is closed.
-var errStore = errors.New("ratelimit: the Redis limit store is unreachable")
+// ErrStoreUnavailable is the cause of Admit's 503 (CodeUnavailable) while
+// Redis is unreachable and on_store_error is closed, and of Peek's errors
+// with store: redis when its counters cannot be read.
+var ErrStoreUnavailable = errors.New("ratelimit: the Redis limit store is unreachable")

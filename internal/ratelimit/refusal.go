@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -8,6 +9,25 @@ import (
 
 	"github.com/tokengate/tokengate/internal/openai"
 )
+
+// RefusedBy returns the id of the limit that refused the request
+// ("app/batch-app/limits[0].rpm") for an error Admit returned, or for the
+// *openai.Error it is: when several limits refuse, the one with the
+// longest wait, which Retry-After reports. It returns "" for any other
+// error, including CodeUnavailable (no limit refused: the store is down).
+func RefusedBy(err error) string {
+	var r *refusedBy
+	if errors.As(err, &r) {
+		return r.limit
+	}
+	return ""
+}
+
+// refusedBy is the cause (openai.Error.Err: logged, never shown to the
+// client) of a refusal, naming the limit.
+type refusedBy struct{ limit string }
+
+func (e *refusedBy) Error() string { return "refused by limit " + e.limit }
 
 // refusal is the error for a request c refused, wait ms before c would
 // admit it (the longest wait of the limits that refused it: the request
@@ -27,14 +47,15 @@ func (l *Limiter) refusal(cs []check, c *check, s *Subject, wait int64) error {
 			need = fmt.Sprintf(" (this request reserves %d: its prompt and max_tokens)", c.n)
 		}
 		return &openai.Error{Status: http.StatusTooManyRequests, Code: CodeRateLimited, Header: h,
-			Message: fmt.Sprintf("%s: %s exceeded%s; retry after %s", who, c.rule.what, need, seconds(secs))}
+			Message: fmt.Sprintf("%s: %s exceeded%s; retry after %s", who, c.rule.what, need, seconds(secs)),
+			Err:     &refusedBy{c.rule.id}}
 	}
 	resets := time.UnixMilli(c.periodEnd).In(l.loc).Format(time.RFC3339)
 	msg := fmt.Sprintf("%s: %s exhausted (this request reserves %d tokens); it resets at %s", who, c.rule.what, c.n, resets)
 	if c.rule.kind == kindBudget {
 		msg = fmt.Sprintf("%s: %s spent; it resets at %s", who, c.rule.what, resets)
 	}
-	return &openai.Error{Status: l.quotaStatus, Code: CodeQuotaExceeded, Header: h, Message: msg}
+	return &openai.Error{Status: l.quotaStatus, Code: CodeQuotaExceeded, Header: h, Message: msg, Err: &refusedBy{c.rule.id}}
 }
 
 // neverFits is the error for a request larger than a limit's whole
@@ -47,9 +68,9 @@ func (l *Limiter) neverFits(r *rule, s *Subject, tokens int64) error {
 	msg := fmt.Sprintf("%s: this request reserves %d tokens (its prompt and max_tokens), more than the whole %s, "+
 		"so it can never be admitted; lower max_tokens or shorten the prompt", who, tokens, r.what)
 	if r.kind.rate() {
-		return &openai.Error{Status: http.StatusTooManyRequests, Code: CodeRateLimited, Message: msg}
+		return &openai.Error{Status: http.StatusTooManyRequests, Code: CodeRateLimited, Message: msg, Err: &refusedBy{r.id}}
 	}
-	return &openai.Error{Status: l.quotaStatus, Code: CodeQuotaExceeded, Message: msg}
+	return &openai.Error{Status: l.quotaStatus, Code: CodeQuotaExceeded, Message: msg, Err: &refusedBy{r.id}}
 }
 
 // setRetryAfter sets Retry-After (whole seconds) and retry-after-ms to d,

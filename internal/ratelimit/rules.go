@@ -34,7 +34,8 @@ func (k kind) field() string {
 type rule struct {
 	// id names the limit in ShadowRefused and logs:
 	// "app/batch-app/limits[0].rpm", "team/research/limits[1].tpm".
-	id string
+	id    string
+	scope string // "app" or "team"
 	// who starts refusal messages: "app batch-app", "team research, model
 	// gpt-4o"; the user is added at refusal time for per-user rules.
 	who string
@@ -96,6 +97,7 @@ func appendLimit(rs []rule, seen map[string]int, scope, name string, i int, lim 
 func newRule(seen map[string]int, scope, name string, i int, lim config.Limit, k kind, n int64, budget float64, window time.Duration) rule {
 	r := rule{
 		id:      fmt.Sprintf("%s/%s/limits[%d].%s", scope, name, i, k.field()),
+		scope:   scope,
 		who:     scope + " " + name,
 		kind:    k,
 		limit:   n,

@@ -7,11 +7,20 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+
 	"github.com/tokengate/tokengate/internal/openai"
+	"github.com/tokengate/tokengate/internal/telemetry"
 )
 
 // Selector chooses the target of each attempt of one request and learns
@@ -92,6 +101,38 @@ type ProxyOption func(*retrying)
 // responses.
 func WithBackendHeader(on bool) ProxyOption { return func(t *retrying) { t.backendHeader = on } }
 
+// WithTracing makes a client span (SpanKindClient) for every upstream
+// attempt, a child of the span in the request's context, named
+// "{gen_ai.operation.name} {deployment}" ("chat gpt-4o-eu", see
+// telemetry.SpanName) with gen_ai.operation.name, gen_ai.provider.name,
+// gen_ai.request.model (the deployment sent upstream), server.address,
+// server.port, http.request.method, tokengate.backend, tokengate.attempt,
+// and http.response.status_code or, for a transport error, error.type. An
+// attempt's span ends when its outcome is known (response headers or
+// error): it does not cover streaming the body. prop (nil: W3C trace
+// context) writes the attempt span's context into the outgoing headers;
+// the client's own traceparent and tracestate are never forwarded then.
+//
+// A nil or no-op tp (trace/noop, as telemetry.Tracing returns when traces
+// are off) leaves tracing off: no spans, no allocations, and the client's
+// trace headers pass through unchanged, as without this option.
+func WithTracing(tp trace.TracerProvider, prop propagation.TextMapPropagator) ProxyOption {
+	return func(t *retrying) {
+		t.tracer, t.prop = nil, nil
+		if tp == nil {
+			return
+		}
+		tracer := tp.Tracer(telemetry.ScopeName + "/internal/upstream")
+		if _, off := tracer.(noop.Tracer); off {
+			return
+		}
+		if prop == nil {
+			prop = propagation.TraceContext{}
+		}
+		t.tracer, t.prop = tracer, prop
+	}
+}
+
 // NewProxy builds a Proxy over transport. transport must not retry by
 // itself: the gateway never sets GetBody on outgoing requests, so Go's
 // transport cannot replay a POST.
@@ -140,6 +181,9 @@ func rewrite(pr *httputil.ProxyRequest) {
 type retrying struct {
 	base          http.RoundTripper
 	backendHeader bool
+	// tracer is nil when tracing is off.
+	tracer trace.Tracer
+	prop   propagation.TextMapPropagator
 }
 
 func (t *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -147,7 +191,7 @@ func (t *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 	var prev *http.Response
 	var prevErr error
 	var prevTarget Target
-	for {
+	for n := 1; ; n++ {
 		target, err := c.Selector.Next()
 		if err != nil {
 			switch {
@@ -162,7 +206,7 @@ func (t *retrying) RoundTrip(req *http.Request) (*http.Response, error) {
 		if prev != nil {
 			discard(prev)
 		}
-		resp, err := t.attempt(req, c, target)
+		resp, err := t.attempt(req, c, target, n)
 		if c.Selector.Report(resp, err) {
 			prev, prevErr, prevTarget = resp, err, target
 			continue
@@ -188,9 +232,81 @@ func (t *retrying) final(c *Call, resp *http.Response, target Target) (*http.Res
 	return resp, nil
 }
 
-// attempt sends one try of req to target.
-func (t *retrying) attempt(req *http.Request, c *Call, target Target) (*http.Response, error) {
-	out := req.Clone(req.Context())
+// attempt sends try n (from 1) of req to target, in a span of its own when
+// tracing is on.
+func (t *retrying) attempt(req *http.Request, c *Call, target Target, n int) (*http.Response, error) {
+	if t.tracer == nil {
+		return t.send(req.Context(), req, c, target)
+	}
+	ctx, span := t.startAttempt(req, c, target, n)
+	resp, err := t.send(ctx, req, c, target)
+	endAttempt(span, resp, err)
+	return resp, err
+}
+
+// startAttempt starts the client span of one attempt.
+func (t *retrying) startAttempt(req *http.Request, c *Call, target Target, n int) (context.Context, trace.Span) {
+	b := target.Backend
+	host, port := telemetry.HostPort(b.URL)
+	attrs := make([]attribute.KeyValue, 0, 9)
+	op := telemetry.OperationName(c.Route.Op)
+	if op != "" {
+		attrs = append(attrs,
+			telemetry.GenAIOperationName.String(op),
+			telemetry.GenAIProviderName.String(telemetry.ProviderAzureOpenAI))
+		if target.Deployment != "" {
+			attrs = append(attrs, telemetry.GenAIRequestModel.String(target.Deployment))
+		}
+	} else if target.Deployment != "" {
+		attrs = append(attrs, telemetry.AttrDeployment.String(target.Deployment))
+	}
+	method := req.Method
+	if !isKnownMethod(method) {
+		method = "_OTHER"
+	}
+	attrs = append(attrs,
+		semconv.ServerAddress(host),
+		semconv.ServerPort(port),
+		semconv.HTTPRequestMethodKey.String(method),
+		telemetry.AttrBackend.String(b.Name),
+		telemetry.AttrAttempt.Int(n),
+	)
+	return t.tracer.Start(req.Context(), telemetry.SpanName(c.Route.Op, method, target.Deployment),
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))
+}
+
+// endAttempt records an attempt's outcome on its span and ends it: a
+// status >= 400 or an error marks it failed (a client span's 4xx is an
+// error), error.type being the status or the gateway's error code.
+func endAttempt(span trace.Span, resp *http.Response, err error) {
+	switch {
+	case err != nil:
+		span.SetAttributes(semconv.ErrorTypeKey.String(openai.AsError(err).Code))
+		span.SetStatus(codes.Error, err.Error())
+	case resp != nil:
+		span.SetAttributes(semconv.HTTPResponseStatusCode(resp.StatusCode))
+		if resp.StatusCode >= 400 {
+			status := strconv.Itoa(resp.StatusCode)
+			span.SetAttributes(semconv.ErrorTypeKey.String(status))
+			span.SetStatus(codes.Error, status+" "+http.StatusText(resp.StatusCode))
+		}
+	}
+	span.End()
+}
+
+func isKnownMethod(m string) bool {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// send makes one try of req to target with ctx (the request's context, or
+// the attempt span's when tracing is on).
+func (t *retrying) send(ctx context.Context, req *http.Request, c *Call, target Target) (*http.Response, error) {
+	out := req.Clone(ctx)
 	b := target.Backend
 	out.URL.Scheme, out.URL.Host, out.Host = b.URL.Scheme, b.URL.Host, b.URL.Host
 	if out.URL.RawQuery != "" || target.Deployment != "" {
@@ -221,7 +337,7 @@ func (t *retrying) attempt(req *http.Request, c *Call, target Target) (*http.Res
 				b.Name)
 		}
 		out.Header.Set("Authorization", "Bearer "+c.CallerToken)
-	} else if err := b.Credential.Authorize(req.Context(), out.Header); err != nil {
+	} else if err := b.Credential.Authorize(ctx, out.Header); err != nil {
 		return nil, &openai.Error{Status: http.StatusBadGateway, Code: "upstream_credential",
 			Message: "the gateway could not obtain its credential for backend " + b.Name + "; its operator should check the gateway log",
 			Err:     err}
@@ -237,6 +353,13 @@ func (t *retrying) attempt(req *http.Request, c *Call, target Target) (*http.Res
 	}
 	if c.Sent.IsZero() {
 		c.Sent = time.Now()
+	}
+	if t.tracer != nil {
+		// The backend sees the attempt span as its parent, never the
+		// client's span: the client's headers are replaced, not merged.
+		out.Header.Del("Traceparent")
+		out.Header.Del("Tracestate")
+		t.prop.Inject(ctx, propagation.HeaderCarrier(out.Header))
 	}
 	out.GetBody = nil // Go's transport must never replay a request by itself
 	return t.base.RoundTrip(out)

@@ -1,0 +1,188 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/tokengate/tokengate/internal/balancer"
+	"github.com/tokengate/tokengate/internal/config"
+	"github.com/tokengate/tokengate/internal/usage"
+)
+
+// serveGateway listens on the configured addresses and serves until ctx is
+// done, then shuts down in this order: /readyz turns unready,
+// listen.shutdown_delay passes, the client listener stops accepting and
+// in-flight requests (streams included) get listen.shutdown_timeout to
+// finish, the usage spool is flushed and sinks get usage.drain_timeout,
+// and last the admin listener closes (so /readyz and /metrics stay
+// readable while the gateway drains). The error is non-nil when anything
+// did not drain: requests cut, records left undelivered. started, when
+// set, is called once both listeners are bound.
+func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, started func(addr, admin string), opts ...GatewayOption) (err error) {
+	gw, err := NewGateway(cfg, log, opts...)
+	if err != nil {
+		return err
+	}
+	// Close runs after the client listener has drained, so every
+	// request's record is in the spool.
+	closeGateway := func() {
+		if cerr := gw.Close(context.WithoutCancel(ctx)); cerr != nil {
+			log.Error("shutdown incomplete", slog.Any("error", cerr))
+			err = errors.Join(err, cerr)
+		}
+	}
+	ln, err := net.Listen("tcp", cfg.Listen.Addr)
+	if err != nil {
+		closeGateway()
+		return fmt.Errorf("listen on %s: %w", cfg.Listen.Addr, err)
+	}
+	var adminLn net.Listener
+	adminAddr := ""
+	if cfg.Listen.AdminAddr != "off" {
+		if adminLn, err = net.Listen("tcp", cfg.Listen.AdminAddr); err != nil {
+			ln.Close()
+			closeGateway()
+			return fmt.Errorf("listen on %s (admin): %w", cfg.Listen.AdminAddr, err)
+		}
+		adminAddr = adminLn.Addr().String()
+	}
+	log.Info("tokengate listening", slog.String("addr", ln.Addr().String()), slog.String("admin_addr", adminAddr),
+		slog.Int("backends", len(cfg.Backends)), slog.Int("models", len(cfg.Models)), slog.String("version", version()))
+
+	// The client listener stops on ctx, or when the admin listener fails.
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAdmin()
+	adminDone := make(chan error, 1)
+	if adminLn != nil {
+		go func() {
+			aerr := gw.ServeAdmin(adminCtx, adminLn)
+			if aerr != nil {
+				stop()
+			}
+			adminDone <- aerr
+		}()
+	} else {
+		adminDone <- nil
+	}
+	watchDone := gw.watchReloads(sctx)
+	if started != nil {
+		started(ln.Addr().String(), adminAddr)
+	}
+	err = gw.Serve(sctx, ln)
+	<-watchDone
+	closeGateway()
+	stopAdmin()
+	if aerr := <-adminDone; aerr != nil {
+		err = errors.Join(err, fmt.Errorf("admin listener: %w", aerr))
+	}
+	log.Info("tokengate stopped", slog.Bool("clean", err == nil))
+	return err
+}
+
+// Serve serves the gateway on ln until ctx is done; then it turns
+// unready, waits listen.shutdown_delay, stops accepting and gives
+// in-flight requests listen.shutdown_timeout to finish. Requests still
+// running then are cut (their usage is still recorded) and the error says
+// how many.
+func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
+	lc := g.boot.Listen
+	srv := &http.Server{
+		Handler:           g,
+		ReadHeaderTimeout: lc.ReadHeaderTimeout,
+		IdleTimeout:       lc.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+		// No ReadTimeout or WriteTimeout: they would cut long streams. The
+		// body read and each write get their own deadlines instead.
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	g.ready.Store(false)
+	g.log.Info("draining: /readyz is unready", slog.Duration("shutdown_delay", lc.ShutdownDelay),
+		slog.Duration("shutdown_timeout", lc.ShutdownTimeout), slog.Int64("in_flight", g.active.Load()))
+	if lc.ShutdownDelay > 0 {
+		time.Sleep(lc.ShutdownDelay) // load balancers notice before connections are refused
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lc.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		n := g.active.Load()
+		_ = srv.Close()
+		return fmt.Errorf("shutdown: %d requests were still running after listen.shutdown_timeout (%s) and were cut", n, lc.ShutdownTimeout)
+	}
+	g.log.Info("drained: every request finished")
+	return nil
+}
+
+// ServeAdmin serves the admin handler on ln until ctx is done.
+func (g *Gateway) ServeAdmin(ctx context.Context, ln net.Listener) error {
+	lc := g.boot.Listen
+	srv := &http.Server{
+		Handler:           g.AdminHandler(),
+		ReadHeaderTimeout: lc.ReadHeaderTimeout,
+		ReadTimeout:       lc.ReadTimeout,
+		WriteTimeout:      lc.WriteTimeout,
+		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		_ = srv.Close()
+	}
+	return nil
+}
+
+// Close releases the runtime (key refreshes, limiter, idle upstream
+// connections), flushes the usage spool and drains its sinks (within
+// usage.drain_timeout), and flushes traces. Call it after Serve has
+// returned, so every request's record is in.
+func (g *Gateway) Close(ctx context.Context) error {
+	// Requests cut by a shutdown timeout are still unwinding (their
+	// connections are closed, so it is quick): let them record first.
+	done := make(chan struct{})
+	go func() { g.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		g.log.Error("requests still running at shutdown; their usage records may be lost")
+	}
+	g.reloadMu.Lock() // no reload starts from here on
+	g.closing = true
+	g.reloadMu.Unlock()
+	g.retiring.Wait()
+	errs := []error{g.rt.Load().release(ctx), g.usage.Close(ctx)}
+	if err := g.tracing.Close(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("traces: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// gatewaySource answers the metrics read at scrape time, always for the
+// current runtime.
+type gatewaySource struct{ g *Gateway }
+
+func (s gatewaySource) Backends() []balancer.Snapshot { return s.g.rt.Load().balancer.Snapshot() }
+func (s gatewaySource) Usage() usage.Status           { return s.g.usage.Status() }
+func (s gatewaySource) UsageNearFull() bool           { return s.g.usage.NearFull() }
+func (s gatewaySource) LimitStoreErrors() uint64      { return s.g.rt.Load().limiter.StoreErrors() }
+func (s gatewaySource) InFlight() int64               { return s.g.active.Load() }

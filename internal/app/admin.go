@@ -174,7 +174,11 @@ func (g *Gateway) adminConfig(w http.ResponseWriter, _ *http.Request) {
 	g.reloadMu.Lock()
 	st := g.reloads
 	g.reloadMu.Unlock()
-	writeJSON(w, http.StatusOK, map[string]any{"file": g.opts.path, "reload": st, "config": redacted(reflect.ValueOf(rt.cfg), false)})
+	writeJSON(w, http.StatusOK, struct {
+		File   string       `json:"file,omitempty"`
+		Reload reloadStatus `json:"reload"`
+		Config any          `json:"config"`
+	}{g.opts.path, st, redacted(reflect.ValueOf(rt.cfg), false)})
 }
 
 // adminReload reloads the config file now.

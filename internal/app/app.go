@@ -61,7 +61,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "usage":
 		err = runUsage(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "tokengate", version())
+		fmt.Fprintln(stdout, versionLine())
 		return 0
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, helpText)
@@ -95,6 +95,21 @@ func version() string {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// versionLine is "tokengate VERSION (REVISION, GOVERSION)", with what
+// the build recorded.
+func versionLine() string {
+	rev, goVersion := "unknown", "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		goVersion = bi.GoVersion
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				rev = s.Value[:12]
+			}
+		}
+	}
+	return fmt.Sprintf("tokengate %s (%s, %s)", version(), rev, goVersion)
 }
 
 func newFlags(name string, stderr io.Writer) *flag.FlagSet {

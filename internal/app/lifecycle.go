@@ -102,12 +102,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		// No ReadTimeout or WriteTimeout: they would cut long streams. The
 		// body read and each write get their own deadlines instead.
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
+	if err := serveUntil(ctx, srv, ln); err != nil {
 		return err
-	case <-ctx.Done():
 	}
 	g.ready.Store(false)
 	g.log.Info("draining: /readyz is unready", slog.Duration("shutdown_delay", lc.ShutdownDelay),
@@ -136,12 +132,8 @@ func (g *Gateway) ServeAdmin(ctx context.Context, ln net.Listener) error {
 		WriteTimeout:      lc.WriteTimeout,
 		ErrorLog:          slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
+	if err := serveUntil(ctx, srv, ln); err != nil {
 		return err
-	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
@@ -149,6 +141,19 @@ func (g *Gateway) ServeAdmin(ctx context.Context, ln net.Listener) error {
 		_ = srv.Close()
 	}
 	return nil
+}
+
+// serveUntil serves srv on ln until ctx is done (nil: the caller shuts
+// srv down) or the listener fails (the error).
+func serveUntil(ctx context.Context, srv *http.Server, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
 }
 
 // Close releases the runtime (key refreshes, limiter, idle upstream

@@ -56,7 +56,7 @@ func Parse(data []byte, lookup Lookup) (*Config, error) {
 	dec := yaml.NewDecoder(&buf)
 	dec.KnownFields(true)
 	if err := dec.Decode(&cfg); err != nil {
-		return nil, fmt.Errorf("yaml: %w", err)
+		return nil, err // "yaml: ..." already
 	}
 	cfg.fill()
 	if err := cfg.Validate(); err != nil {

@@ -94,7 +94,7 @@ func reloadGateway(t *testing.T, doc, backend string) (*Gateway, string, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := NewGateway(cfg, slog.New(slog.DiscardHandler), WithConfigFile(path, false))
+	gw, err := NewGateway(cfg, slog.New(slog.DiscardHandler), WithConfigFile(path, false, nil))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -149,18 +149,21 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("identity trusts plain-http issuers %v: that is only for the demo's development issuer; "+
 			"pass --insecure-dev-issuer to accept it (never in production)", insecure)
 	}
-	if *addr != "" {
-		cfg.Listen.Addr = *addr
+	override := func(c *config.Config) {
+		if *addr != "" {
+			c.Listen.Addr = *addr
+		}
+		if *adminAddr != "" {
+			c.Listen.AdminAddr = *adminAddr
+		}
 	}
-	if *adminAddr != "" {
-		cfg.Listen.AdminAddr = *adminAddr
-	}
+	override(cfg)
 	if *addr != "" || *adminAddr != "" {
 		if err := cfg.Validate(); err != nil { // e.g. an exposed admin address needs admin auth
 			return err
 		}
 	}
-	return serveGateway(ctx, cfg, newLogger(cfg.Log, stderr), nil, WithConfigFile(*path, *insecureDev))
+	return serveGateway(ctx, cfg, newLogger(cfg.Log, stderr), nil, WithConfigFile(*path, *insecureDev, override))
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

@@ -94,7 +94,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			Base: "http://" + addr, Admin: admin, DataDir: abs, DataDirFlag: *dataDir,
 			Token: token, APIVersion: config.DefaultAPIVersion, Sims: insts, Config: cfgPath,
 		})
-	}, WithConfigFile(cfgPath, true))
+	}, WithConfigFile(cfgPath, true, nil))
 }
 
 // writeDemoConfig writes the embedded demo config with its ${...} values

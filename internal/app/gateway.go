@@ -44,6 +44,9 @@ type Gateway struct {
 	// metrics.
 	inflight sync.WaitGroup
 	active   atomic.Int64
+	// cutting is set when shutdown_timeout has passed and the requests
+	// still running are being cut: their records say the gateway did it.
+	cutting atomic.Bool
 
 	reloadMu sync.Mutex   // serializes reloads
 	reloads  reloadStatus // guarded by reloadMu
@@ -55,15 +58,18 @@ type Gateway struct {
 type GatewayOption func(*gatewayOptions)
 
 type gatewayOptions struct {
-	path           string // the config file, for reloads; "" = none
-	insecureIssuer bool   // --insecure-dev-issuer
+	path           string               // the config file, for reloads; "" = none
+	insecureIssuer bool                 // --insecure-dev-issuer
+	override       func(*config.Config) // command-line overrides, applied to every load
 }
 
 // WithConfigFile names the file cfg was loaded from, so Reload, SIGHUP and
 // POST /admin/reload can read it again. allowInsecureIssuers repeats serve's
-// --insecure-dev-issuer for the reloaded file.
-func WithConfigFile(path string, allowInsecureIssuers bool) GatewayOption {
-	return func(o *gatewayOptions) { o.path, o.insecureIssuer = path, allowInsecureIssuers }
+// --insecure-dev-issuer for the reloaded file; override, when not nil,
+// applies the command line's overrides (e.g. --addr) to each reloaded
+// config as it did to cfg.
+func WithConfigFile(path string, allowInsecureIssuers bool, override func(*config.Config)) GatewayOption {
+	return func(o *gatewayOptions) { o.path, o.insecureIssuer, o.override = path, allowInsecureIssuers, override }
 }
 
 // NewGateway builds a Gateway from validated config.
@@ -87,7 +93,7 @@ func NewGateway(cfg *config.Config, log *slog.Logger, opts ...GatewayOption) (_ 
 	}
 	g.rt.Store(rt)
 	g.metrics = metrics.New(version(), gatewaySource{g})
-	g.reloads = reloadStatus{OK: true, At: time.Now().UTC(), LoadedAt: time.Now().UTC()}
+	g.reloads = reloadStatus{OK: true, Trigger: "start", At: time.Now().UTC(), LoadedAt: time.Now().UTC()}
 	g.ready.Store(len(cfg.Backends) > 0)
 	return g, nil
 }

@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/tokengate/tokengate/internal/balancer"
@@ -71,7 +74,10 @@ func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, sta
 	} else {
 		adminDone <- nil
 	}
-	watchDone := gw.watchReloads(sctx)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	watchDone := gw.watchReloads(sctx, hup)
 	if started != nil {
 		started(ln.Addr().String(), adminAddr)
 	}
@@ -115,6 +121,7 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	defer cancel()
 	if err := srv.Shutdown(sctx); err != nil {
 		n := g.active.Load()
+		g.cutting.Store(true)
 		_ = srv.Close()
 		return fmt.Errorf("shutdown: %d requests were still running after listen.shutdown_timeout (%s) and were cut", n, lc.ShutdownTimeout)
 	}

@@ -7,11 +7,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"reflect"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -79,6 +77,9 @@ func (g *Gateway) reload(trigger string, unchanged *bool) error {
 	if insecure := cfg.InsecureIssuers(); len(insecure) > 0 && !g.opts.insecureIssuer {
 		return g.reloadFailed(trigger, fmt.Errorf("identity trusts plain-http issuers %v: the gateway was not started with --insecure-dev-issuer", insecure))
 	}
+	if g.opts.override != nil {
+		g.opts.override(cfg)
+	}
 	restart := keepBoot(cfg, g.boot)
 	prev := g.rt.Load()
 	rt, err := g.newRuntime(cfg, prev)
@@ -115,7 +116,8 @@ func (g *Gateway) reloadFailed(trigger string, err error) error {
 }
 
 // keepBoot gives cfg the boot config's sections that only a restart
-// changes (listeners, the usage spool and sinks, telemetry, logging), so
+// changes (listeners, the usage spool and sinks, telemetry, logging, file
+// watching), so
 // the runtime's config is what actually runs, and names those that differ.
 func keepBoot(cfg, boot *config.Config) []string {
 	var differ []string
@@ -132,6 +134,7 @@ func keepBoot(cfg, boot *config.Config) []string {
 	keep("usage.drain_timeout", &cfg.Usage.DrainTimeout, &boot.Usage.DrainTimeout)
 	keep("telemetry", &cfg.Telemetry, &boot.Telemetry)
 	keep("log", &cfg.Log, &boot.Log)
+	keep("reload", &cfg.Reload, &boot.Reload)
 	return differ
 }
 
@@ -140,14 +143,16 @@ func keepBoot(cfg, boot *config.Config) []string {
 // when it has stopped. It watches the file's directory, so an editor's or
 // a deploy's atomic rename-replace (and Kubernetes' ConfigMap symlink
 // swap) is seen.
-func (g *Gateway) watchReloads(ctx context.Context) <-chan struct{} {
+//
+// hup delivers SIGHUP; the caller keeps it registered until the process
+// is done, so a SIGHUP during the shutdown drain is ignored rather than
+// killing the process with its default action.
+func (g *Gateway) watchReloads(ctx context.Context, hup <-chan os.Signal) <-chan struct{} {
 	done := make(chan struct{})
 	if g.opts.path == "" {
 		close(done)
 		return done
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
 	var events <-chan fsnotify.Event
 	var errs <-chan error
 	var w *fsnotify.Watcher
@@ -170,7 +175,6 @@ func (g *Gateway) watchReloads(ctx context.Context) <-chan struct{} {
 	}
 	go func() {
 		defer close(done)
-		defer signal.Stop(hup)
 		if w != nil {
 			defer w.Close()
 		}

@@ -227,6 +227,10 @@ func (rt *runtime) record(r *http.Request, x *exchange, w *recorder) *usage.Reco
 		rec.Status = openai.StatusClientClosed
 	}
 	rec.ErrorClass, rec.ErrorCode, rec.Reason = classify(rec.Status, w.err, m, disconnected)
+	if disconnected && rt.cutting.Load() {
+		rec.ErrorClass, rec.ErrorCode = usage.ErrorUnavailable, "shutdown"
+		rec.Reason = "cut by the gateway's shutdown: still running after listen.shutdown_timeout"
+	}
 	rec.Latency.TotalMS = ms(end.Sub(x.start))
 	if !m.FirstContent.IsZero() {
 		rec.Latency.FirstTokenMS = ms(m.FirstContent.Sub(x.start))

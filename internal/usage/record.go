@@ -164,7 +164,7 @@ const (
 	ErrorUpstream     = "upstream_error"      // 5xx, resets, timeouts
 	ErrorDisconnected = "client_disconnected" // the client hung up
 	ErrorStreamLost   = "stream_lost"         // the backend dropped a stream
-	ErrorUnavailable  = "unavailable"         // the gateway refused (spool full, draining)
+	ErrorUnavailable  = "unavailable"         // the gateway refused (spool full, limit store down) or cut it at shutdown
 )
 
 // Sink delivers records somewhere. Write is called by one goroutine per

@@ -398,6 +398,12 @@ telemetry: {traces: {endpoint: %q, headers: {x-api-key: %q}}}
 admin: {keys: [%q]}
 usage: {spool: {dir: spool}}
 `, sim.URL(), redisAddr, redisPassword, rcv.URL(), traceKey, adminKey))
+	// A reload of the unchanged file (the listeners came from --addr and
+	// --admin-addr) needs no restart.
+	if resp, body := opsDo(t, "POST", admin+"/admin/reload", "", "", nil); resp.StatusCode != 200 ||
+		strings.Contains(string(body), "restart_required") {
+		t.Fatalf("POST /admin/reload of the unchanged file: %d %s", resp.StatusCode, body)
+	}
 	resp, body := opsDo(t, "GET", admin+"/admin/config", "", "", nil)
 	if resp.StatusCode != 200 {
 		t.Fatalf("/admin/config: %d %s", resp.StatusCode, body)

@@ -74,7 +74,9 @@ func (g *Gateway) adminAuth(next http.Handler) http.Handler {
 			openai.WriteError(w, err)
 			return
 		}
-		if !slices.Contains(c.Roles, ac.Role) {
+		if c.PassThrough || !slices.Contains(c.Roles, ac.Role) {
+			// A pass-through token's audience is Azure OpenAI, not this
+			// gateway: a backend could replay it.
 			openai.WriteError(w, openai.Errorf(http.StatusForbidden, "forbidden",
 				"the token is valid but lacks the %q app role the admin API requires", ac.Role))
 			return
@@ -190,6 +192,8 @@ func (g *Gateway) adminReload(w http.ResponseWriter, _ *http.Request) {
 	switch {
 	case errors.Is(err, errNoConfigFile):
 		openai.WriteError(w, openai.Errorf(http.StatusConflict, "no_config_file", "%v", err))
+	case errors.Is(err, errShuttingDown):
+		openai.WriteError(w, openai.Errorf(http.StatusServiceUnavailable, "shutting_down", "%v", err))
 	case err != nil:
 		writeJSON(w, http.StatusUnprocessableEntity, map[string]any{
 			"error":  map[string]any{"code": "invalid_config", "message": "the config file was rejected; the last good config keeps serving", "problems": st.Errors},

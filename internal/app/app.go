@@ -141,14 +141,6 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if *path == "" || fs.NArg() > 0 {
 		return usageError("tokengate serve --config FILE")
 	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return err
-	}
-	if insecure := cfg.InsecureIssuers(); len(insecure) > 0 && !*insecureDev {
-		return fmt.Errorf("identity trusts plain-http issuers %v: that is only for the demo's development issuer; "+
-			"pass --insecure-dev-issuer to accept it (never in production)", insecure)
-	}
 	override := func(c *config.Config) {
 		if *addr != "" {
 			c.Listen.Addr = *addr
@@ -157,13 +149,22 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 			c.Listen.AdminAddr = *adminAddr
 		}
 	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	file := WithConfigFile(*path, *insecureDev, override) // right after loading: the watcher's baseline
+	if insecure := cfg.InsecureIssuers(); len(insecure) > 0 && !*insecureDev {
+		return fmt.Errorf("identity trusts plain-http issuers %v: that is only for the demo's development issuer; "+
+			"pass --insecure-dev-issuer to accept it (never in production)", insecure)
+	}
 	override(cfg)
 	if *addr != "" || *adminAddr != "" {
 		if err := cfg.Validate(); err != nil { // e.g. an exposed admin address needs admin auth
 			return err
 		}
 	}
-	return serveGateway(ctx, cfg, newLogger(cfg.Log, stderr), nil, WithConfigFile(*path, *insecureDev, override))
+	return serveGateway(ctx, cfg, newLogger(cfg.Log, stderr), nil, file)
 }
 
 func newLogger(c config.Log, w io.Writer) *slog.Logger {

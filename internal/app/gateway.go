@@ -3,10 +3,12 @@ package app
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -51,7 +53,7 @@ type Gateway struct {
 	reloadMu sync.Mutex   // serializes reloads
 	reloads  reloadStatus // guarded by reloadMu
 	closing  bool         // guarded by reloadMu: Close has begun
-	retiring sync.WaitGroup
+	retired  []*runtime   // guarded by reloadMu: replaced, maybe still closing
 }
 
 // GatewayOption configures NewGateway.
@@ -61,6 +63,7 @@ type gatewayOptions struct {
 	path           string               // the config file, for reloads; "" = none
 	insecureIssuer bool                 // --insecure-dev-issuer
 	override       func(*config.Config) // command-line overrides, applied to every load
+	hash           [32]byte             // of the file as it was loaded at start
 }
 
 // WithConfigFile names the file cfg was loaded from, so Reload, SIGHUP and
@@ -68,8 +71,17 @@ type gatewayOptions struct {
 // --insecure-dev-issuer for the reloaded file; override, when not nil,
 // applies the command line's overrides (e.g. --addr) to each reloaded
 // config as it did to cfg.
+//
+// Call it right after loading the file: the file's content then is what
+// the watcher compares later changes with.
 func WithConfigFile(path string, allowInsecureIssuers bool, override func(*config.Config)) GatewayOption {
-	return func(o *gatewayOptions) { o.path, o.insecureIssuer, o.override = path, allowInsecureIssuers, override }
+	var hash [32]byte
+	if data, err := os.ReadFile(path); err == nil {
+		hash = sha256.Sum256(data)
+	}
+	return func(o *gatewayOptions) {
+		o.path, o.insecureIssuer, o.override, o.hash = path, allowInsecureIssuers, override, hash
+	}
 }
 
 // NewGateway builds a Gateway from validated config.
@@ -93,7 +105,7 @@ func NewGateway(cfg *config.Config, log *slog.Logger, opts ...GatewayOption) (_ 
 	}
 	g.rt.Store(rt)
 	g.metrics = metrics.New(version(), gatewaySource{g})
-	g.reloads = reloadStatus{OK: true, Trigger: "start", At: time.Now().UTC(), LoadedAt: time.Now().UTC()}
+	g.reloads = reloadStatus{OK: true, Trigger: "start", At: time.Now().UTC(), LoadedAt: time.Now().UTC(), hash: g.opts.hash}
 	g.ready.Store(len(cfg.Backends) > 0)
 	return g, nil
 }

@@ -27,6 +27,11 @@ import (
 // did not drain: requests cut, records left undelivered. started, when
 // set, is called once both listeners are bound.
 func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, started func(addr, admin string), opts ...GatewayOption) (err error) {
+	// SIGHUP is handled from here until the process is done: its default
+	// action would kill a gateway that is starting or draining.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	gw, err := NewGateway(cfg, log, opts...)
 	if err != nil {
 		return err
@@ -41,16 +46,18 @@ func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, sta
 	}
 	ln, err := net.Listen("tcp", cfg.Listen.Addr)
 	if err != nil {
+		err = fmt.Errorf("listen on %s: %w", cfg.Listen.Addr, err)
 		closeGateway()
-		return fmt.Errorf("listen on %s: %w", cfg.Listen.Addr, err)
+		return err
 	}
 	var adminLn net.Listener
 	adminAddr := ""
 	if cfg.Listen.AdminAddr != "off" {
 		if adminLn, err = net.Listen("tcp", cfg.Listen.AdminAddr); err != nil {
 			ln.Close()
+			err = fmt.Errorf("listen on %s (admin): %w", cfg.Listen.AdminAddr, err)
 			closeGateway()
-			return fmt.Errorf("listen on %s (admin): %w", cfg.Listen.AdminAddr, err)
+			return err
 		}
 		adminAddr = adminLn.Addr().String()
 	}
@@ -74,14 +81,12 @@ func serveGateway(ctx context.Context, cfg *config.Config, log *slog.Logger, sta
 	} else {
 		adminDone <- nil
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	watchDone := gw.watchReloads(sctx, hup)
 	if started != nil {
 		started(ln.Addr().String(), adminAddr)
 	}
 	err = gw.Serve(sctx, ln)
+	stop() // the listener may have failed on its own: stop the watcher too
 	<-watchDone
 	closeGateway()
 	stopAdmin()
@@ -109,6 +114,8 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 		// body read and each write get their own deadlines instead.
 	}
 	if err := serveUntil(ctx, srv, ln); err != nil {
+		g.ready.Store(false)
+		_ = srv.Close()
 		return err
 	}
 	g.ready.Store(false)
@@ -119,7 +126,17 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lc.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	err := srv.Shutdown(sctx)
+	// Shutdown does not wait for upgraded (websocket) connections: wait
+	// for their handlers within the same deadline.
+	for err == nil && g.active.Load() > 0 {
+		select {
+		case <-sctx.Done():
+			err = sctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err != nil {
 		n := g.active.Load()
 		g.cutting.Store(true)
 		_ = srv.Close()
@@ -168,6 +185,7 @@ func serveUntil(ctx context.Context, srv *http.Server, ln net.Listener) error {
 // usage.drain_timeout), and flushes traces. Call it after Serve has
 // returned, so every request's record is in.
 func (g *Gateway) Close(ctx context.Context) error {
+	var errs []error
 	// Requests cut by a shutdown timeout are still unwinding (their
 	// connections are closed, so it is quick): let them record first.
 	done := make(chan struct{})
@@ -176,13 +194,25 @@ func (g *Gateway) Close(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 	case <-time.After(10 * time.Second):
-		g.log.Error("requests still running at shutdown; their usage records may be lost")
+		errs = append(errs, errors.New("requests still running at shutdown; their usage records may be lost"))
 	}
 	g.reloadMu.Lock() // no reload starts from here on
 	g.closing = true
+	cur := g.rt.Load()
+	runtimes := append(g.retired, cur)
+	g.retired = nil
 	g.reloadMu.Unlock()
-	g.retiring.Wait()
-	errs := []error{g.rt.Load().release(ctx), g.usage.Close(ctx)}
+	cur.retire()
+	for _, rt := range runtimes {
+		select {
+		case <-rt.closed:
+			errs = append(errs, rt.closeErr)
+		case <-ctx.Done():
+		case <-time.After(10 * time.Second):
+			errs = append(errs, errors.New("a runtime was still in use at shutdown"))
+		}
+	}
+	errs = append(errs, g.usage.Close(ctx))
 	if err := g.tracing.Close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("traces: %w", err))
 	}

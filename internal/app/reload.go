@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,6 +21,9 @@ import (
 // errNoConfigFile means the gateway was not started from a file, so there
 // is nothing to reload.
 var errNoConfigFile = errors.New("this gateway was not started from a config file (tokengate serve --config FILE), so there is nothing to reload")
+
+// errShuttingDown refuses reloads once shutdown has begun.
+var errShuttingDown = errors.New("the gateway is shutting down; reload refused")
 
 // reloadStatus is the outcome of the last reload attempt, for
 // /admin/config and the log.
@@ -58,7 +62,7 @@ func (g *Gateway) reload(trigger string, unchanged *bool) error {
 		return errNoConfigFile
 	}
 	if g.closing {
-		return errors.New("the gateway is shutting down")
+		return errShuttingDown
 	}
 	data, err := os.ReadFile(g.opts.path)
 	if err != nil {
@@ -81,6 +85,10 @@ func (g *Gateway) reload(trigger string, unchanged *bool) error {
 		g.opts.override(cfg)
 	}
 	restart := keepBoot(cfg, g.boot)
+	if cfg.AdminExposed() && len(cfg.Admin.Keys) == 0 && cfg.Admin.Role == "" {
+		// The listener stays where it started: it would lock everyone out.
+		return g.reloadFailed(trigger, fmt.Errorf("admin: the admin listener %s is exposed (since start): keep admin.keys or admin.role", cfg.Listen.AdminAddr))
+	}
 	prev := g.rt.Load()
 	rt, err := g.newRuntime(cfg, prev)
 	if err != nil {
@@ -89,6 +97,15 @@ func (g *Gateway) reload(trigger string, unchanged *bool) error {
 	rt.takeOver(prev)
 	g.rt.Store(rt)
 	prev.retire()
+	g.retired = slices.DeleteFunc(g.retired, func(r *runtime) bool {
+		select {
+		case <-r.closed:
+			return true
+		default:
+			return false
+		}
+	})
+	g.retired = append(g.retired, prev)
 	now := time.Now().UTC()
 	g.reloads = reloadStatus{At: now, OK: true, Trigger: trigger, LoadedAt: now, RestartRequired: restart, hash: sum}
 	g.metrics.Reload(true, now)
@@ -166,12 +183,6 @@ func (g *Gateway) watchReloads(ctx context.Context, hup <-chan os.Signal) <-chan
 		} else {
 			events, errs = w.Events, w.Errors
 		}
-	}
-	// The file as it was loaded at start: the first event compares to it.
-	if data, err := os.ReadFile(g.opts.path); err == nil {
-		g.reloadMu.Lock()
-		g.reloads.hash = sha256.Sum256(data)
-		g.reloadMu.Unlock()
 	}
 	go func() {
 		defer close(done)

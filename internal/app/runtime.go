@@ -176,9 +176,7 @@ func (rt *runtime) retire() {
 
 func (rt *runtime) closeAsync() {
 	rt.closeOnce.Do(func() {
-		rt.Gateway.retiring.Add(1)
 		go func() {
-			defer rt.Gateway.retiring.Done()
 			rt.closeErr = rt.release(context.Background())
 			close(rt.closed)
 		}()

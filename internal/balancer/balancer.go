@@ -78,13 +78,17 @@ func New(cfg *config.Config, backends map[string]*upstream.Backend, log *slog.Lo
 	for _, o := range opts {
 		o(b)
 	}
+	// prev is only read here: keeping it would chain every Balancer
+	// since the start (and their backends) in memory.
+	prev := b.prev
+	b.prev = nil
 	states := map[[2]string]*State{}
 	stateOf := func(backend, deployment string) *State {
 		k := [2]string{backend, deployment}
 		if s, ok := states[k]; ok {
 			return s
 		}
-		s := b.prev.state(backend, deployment)
+		s := prev.state(backend, deployment)
 		if s == nil {
 			s = newState(backend, deployment)
 		}

@@ -340,6 +340,9 @@ func TestWithPreviousKeepsBreakerState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if nb.prev != nil {
+		t.Fatal("the new balancer keeps its predecessor: every reload would chain the old ones in memory")
+	}
 	snap := nb.Snapshot()
 	if len(snap) != 2 {
 		t.Fatalf("want a and ptu, got %+v", snap)

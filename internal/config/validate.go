@@ -169,8 +169,12 @@ func checkEndpoint(s string) error {
 		return errors.New("required; " + msg)
 	}
 	u, err := url.Parse(s)
-	if err != nil || u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Errorf("%q %s without credentials, query or fragment", s, msg)
+	if err != nil {
+		return fmt.Errorf("not a URL; %s", msg)
+	}
+	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
+		// Never echo the URL: what makes it invalid may be a secret.
+		return fmt.Errorf("%s://%s... %s without credentials, query or fragment", u.Scheme, u.Hostname(), msg)
 	}
 	switch u.Scheme {
 	case "https":

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -98,23 +97,7 @@ func reloadGateway(t *testing.T, doc, backend string) (*Gateway, string, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- gw.Serve(ctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if err := gw.Close(context.Background()); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return gw, "http://" + ln.Addr().String(), path
+	return gw, serveForTest(t, gw), path
 }
 
 // rewrite replaces old with next in the config file at path, keeping the

@@ -97,6 +97,13 @@ func startGateway(t *testing.T, doc, backend string, mutate func(*config.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveForTest(t, gw)
+}
+
+// serveForTest serves gw on a loopback port until the test ends, then
+// requires a clean drain and close; it returns the base URL.
+func serveForTest(t *testing.T, gw *Gateway) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +116,9 @@ func startGateway(t *testing.T, doc, backend string, mutate func(*config.Config)
 		if err := <-done; err != nil {
 			t.Errorf("serve: %v", err)
 		}
-		_ = gw.Close(context.Background())
+		if err := gw.Close(context.Background()); err != nil {
+			t.Errorf("close: %v", err)
+		}
 	})
 	return "http://" + ln.Addr().String()
 }

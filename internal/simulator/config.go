@@ -36,6 +36,9 @@ type InstanceConfig struct {
 	// every route, standing in for a Microsoft Entra ID token. When both APIKey
 	// and BearerToken are empty, requests are not authenticated.
 	BearerToken string `yaml:"bearer_token"`
+	// TLS, when set, serves https (with HTTP/2, as Azure does) using this
+	// certificate and key, PEM files. Default: plain http.
+	TLS *TLS `yaml:"tls"`
 	// Latency shapes how long responses take.
 	Latency Latency `yaml:"latency"`
 	// Faults injects failures.
@@ -54,6 +57,12 @@ type InstanceConfig struct {
 	// Deployments are the model deployments of this resource. At least one is
 	// required.
 	Deployments []DeploymentConfig `yaml:"deployments"`
+}
+
+// TLS names an instance's certificate and private key (PEM files).
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // Latency shapes response timing. Durations are Go duration strings in YAML
@@ -198,6 +207,9 @@ func (c InstanceConfig) validate(prefix string) []error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			add("listen", "must be host:port, e.g. 127.0.0.1:8081 (%v)", err)
 		}
+	}
+	if c.TLS != nil && (c.TLS.CertFile == "" || c.TLS.KeyFile == "") {
+		add("tls", "needs both cert_file and key_file")
 	}
 	if c.CompletionTokens < 0 {
 		add("completion_tokens", "must not be negative, got %d", c.CompletionTokens)

@@ -39,6 +39,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -296,8 +297,9 @@ func (in *Instance) Stats() Stats {
 }
 
 // Start listens on the configured address and serves in the background. It
-// returns the base URL clients use, e.g. "http://127.0.0.1:54321". It fails if
-// the instance was already started or closed.
+// returns the base URL clients use, e.g. "http://127.0.0.1:54321" (https
+// when the instance has TLS). It fails if the instance was already started
+// or closed, or its certificate cannot be loaded.
 func (in *Instance) Start() (baseURL string, err error) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -309,20 +311,34 @@ func (in *Instance) Start() (baseURL string, err error) {
 		return "", fmt.Errorf("simulator: instance %q is closed", in.cfg.Name)
 	default:
 	}
+	scheme := "http"
+	var tlsCfg *tls.Config
+	if t := in.cfg.TLS; t != nil {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return "", fmt.Errorf("simulator: instance %q: tls: %w", in.cfg.Name, err)
+		}
+		scheme, tlsCfg = "https", &tls.Config{Certificates: []tls.Certificate{cert}}
+	}
 	ln, err := net.Listen("tcp", in.cfg.Listen)
 	if err != nil {
 		return "", fmt.Errorf("simulator: instance %q: listen: %w", in.cfg.Name, err)
 	}
+	in.url = scheme + "://" + ln.Addr().String()
 	in.srv = &http.Server{
 		Handler:           in,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(in.logger.Handler(), slog.LevelWarn),
+		TLSConfig:         tlsCfg,
 	}
-	in.url = "http://" + ln.Addr().String()
 	in.served = make(chan struct{})
 	go func(srv *http.Server, done chan struct{}) {
 		defer close(done)
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		serve := srv.Serve
+		if srv.TLSConfig != nil {
+			serve = func(ln net.Listener) error { return srv.ServeTLS(ln, "", "") }
+		}
+		if err := serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			in.logger.Error("simulator: serve failed", slog.Any("error", err))
 		}
 	}(in.srv, in.served)

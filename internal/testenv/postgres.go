@@ -2,7 +2,8 @@
 // database per call, on a private server started once per test binary or on
 // the server TOKENGATE_TEST_POSTGRES names.
 //
-// It is imported by _test.go files only.
+// It is imported by _test.go files and the benchmark harness (tests/bench)
+// only.
 package testenv
 
 import (

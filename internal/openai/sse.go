@@ -2,6 +2,7 @@ package openai
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 )
 
@@ -9,11 +10,14 @@ import (
 // anyway, so a backend that never ends an event cannot grow memory.
 const maxEvent = 1 << 20
 
-// EventReader frames a text/event-stream body into whole events: each Read
-// returns bytes of at most one event (an event ends with a blank line), so a
-// proxy that flushes after every write flushes once per event and never
-// splits one across flushes. The bytes are exactly those of the source.
-// An EventReader is not safe for concurrent use.
+// EventReader frames a text/event-stream body into whole events (an event
+// ends with a blank line): each Read returns one event, followed by the
+// further whole events that have already arrived and fit. A proxy that
+// flushes after every write thus flushes each event as soon as it arrives,
+// a burst of events that arrived together with one write, and never splits
+// an event across flushes unless it is larger than the read buffer. The
+// bytes are exactly those of the source. An EventReader is not safe for
+// concurrent use.
 type EventReader struct {
 	src    io.ReadCloser
 	br     *bufio.Reader
@@ -53,8 +57,31 @@ func (e *EventReader) Read(p []byte) (int, error) {
 	}
 	n := copy(p, ev)
 	e.off = n
+	// Events that arrived with this one go out in the same write.
+	for e.off == len(e.event) && e.err == nil && e.arrived(len(p)-n) {
+		ev := e.pass(e.next()) // buffered: does not wait for the source
+		m := copy(p[n:], ev)
+		e.off = m
+		n += m
+	}
 	return n, nil
 }
+
+// arrived reports whether a whole event of at most room bytes is already
+// buffered, so Next returns it without waiting for the source.
+func (e *EventReader) arrived(room int) bool {
+	buffered, _ := e.br.Peek(e.br.Buffered())
+	end := bytes.Index(buffered, eventEnd)
+	if crlf := bytes.Index(buffered, eventEndCRLF); crlf >= 0 && (end < 0 || crlf < end) {
+		end = crlf + 1
+	}
+	return end >= 0 && end+len(eventEnd) <= room
+}
+
+var (
+	eventEnd     = []byte("\n\n")
+	eventEndCRLF = []byte("\n\r\n")
+)
 
 // Next returns the next whole event, including its terminating blank line,
 // valid until the next call. At the end of the stream it returns whatever
@@ -63,14 +90,20 @@ func (e *EventReader) Read(p []byte) (int, error) {
 func (e *EventReader) Next() ([]byte, error) {
 	for {
 		ev, err := e.next()
-		if e.filter == nil || len(ev) == 0 {
+		if ev = e.pass(ev, err); len(ev) > 0 || err != nil {
 			return ev, err
 		}
-		if ev = e.filter(ev); len(ev) > 0 || err != nil {
-			e.event = append(e.event[:0], ev...)
-			return e.event, err
-		}
 	}
+}
+
+// pass runs one framed event through the filter and keeps what passes in
+// e.event; it returns nothing for a dropped event.
+func (e *EventReader) pass(ev []byte, _ error) []byte {
+	if e.filter == nil || len(ev) == 0 {
+		return ev
+	}
+	e.event = append(e.event[:0], e.filter(ev)...)
+	return e.event
 }
 
 func (e *EventReader) next() ([]byte, error) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 func TestEventReaderFramesWholeEvents(t *testing.T) {
@@ -83,6 +84,60 @@ func FuzzEventReader(f *testing.F) {
 			t.Fatalf("framing changed the bytes: %q -> %q", data, out)
 		}
 	})
+}
+
+// TestEventReaderPassesArrivedEventsTogether: events that arrived together
+// leave in one Read (one flush), only whole ones, and a dropped event
+// never makes Read wait for more of the source.
+func TestEventReaderPassesArrivedEventsTogether(t *testing.T) {
+	events := []string{"data: 1\n\n", "data: 22\r\n\r\n", ": c\n\n", "data: 4444\n\n"}
+	all := strings.Join(events, "")
+	read := func(r *EventReader, size int) []string {
+		var got []string
+		buf := make([]byte, size)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				got = append(got, string(buf[:n]))
+			}
+			if err != nil {
+				return got
+			}
+		}
+	}
+	if got := read(NewEventReader(io.NopCloser(strings.NewReader(all)), nil), 4096); len(got) != 1 || got[0] != all {
+		t.Fatalf("one burst read as %q, want it whole in one Read", got)
+	}
+	// Room for two events at a time: whole events only.
+	want := []string{events[0] + events[1], events[2] + events[3]}
+	if got := read(NewEventReader(io.NopCloser(strings.NewReader(all)), nil), 25); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("reads %q, want %q", got, want)
+	}
+
+	pr, pw := io.Pipe()
+	drop := func(ev []byte) []byte {
+		if bytes.Contains(ev, []byte("drop")) {
+			return nil
+		}
+		return ev
+	}
+	r := NewEventReader(pr, drop)
+	go func() { _, _ = pw.Write([]byte("data: 1\n\ndata: drop\n\n")) }() // and no more for now
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		n, _ := r.Read(buf)
+		got <- string(buf[:n])
+	}()
+	select {
+	case s := <-got:
+		if s != "data: 1\n\n" {
+			t.Fatalf("Read = %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Read waited for the source after a dropped event")
+	}
+	pw.Close()
 }
 
 func BenchmarkEventReader(b *testing.B) {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"reflect"
 	"slices"
 	"strings"
@@ -31,6 +32,11 @@ func (g *Gateway) AdminHandler() http.Handler {
 	mux.HandleFunc("POST /admin/reload", g.adminReload)
 	mux.HandleFunc("GET /admin/usage/summary", g.adminUsageSummary)
 	mux.HandleFunc("GET /admin/usage/spool", g.adminSpool)
+	if g.boot.Admin.Profiling {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		openai.WriteError(w, openai.Errorf(http.StatusNotFound, "not_found",
 			"no admin endpoint %s %s; see docs/admin-api.md", r.Method, r.URL.Path))

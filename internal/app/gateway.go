@@ -280,7 +280,7 @@ func (rt *runtime) route(next http.Handler) http.Handler {
 		if route.ModelInBody {
 			if x.body.Model == "" {
 				openai.WriteError(w, openai.Errorf(http.StatusBadRequest, "missing_model",
-					"the request body must name a model, e.rt. \"model\": \"gpt-4o\""))
+					"the request body must name a model, e.g. \"model\": \"gpt-4o\""))
 				return
 			}
 			x.alias = x.body.Model

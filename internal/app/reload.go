@@ -134,8 +134,7 @@ func (g *Gateway) reloadFailed(trigger string, err error) error {
 
 // keepBoot gives cfg the boot config's sections that only a restart
 // changes (listeners, the usage spool and sinks, telemetry, logging, file
-// watching), so
-// the runtime's config is what actually runs, and names those that differ.
+// watching, profiling), so the runtime's config is what actually runs, and names those that differ.
 func keepBoot(cfg, boot *config.Config) []string {
 	var differ []string
 	keep := func(name string, dst, src any) {
@@ -152,6 +151,7 @@ func keepBoot(cfg, boot *config.Config) []string {
 	keep("telemetry", &cfg.Telemetry, &boot.Telemetry)
 	keep("log", &cfg.Log, &boot.Log)
 	keep("reload", &cfg.Reload, &boot.Reload)
+	keep("admin.profiling", &cfg.Admin.Profiling, &boot.Admin.Profiling)
 	return differ
 }
 

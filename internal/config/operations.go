@@ -22,6 +22,10 @@ type Admin struct {
 	// them as "${ENV_VAR}"; each must be at least 32 characters. Compared in
 	// constant time.
 	Keys []string `yaml:"keys" secret:"true"`
+	// Profiling serves Go's pprof profiles under /debug/pprof/ on the admin
+	// listener (behind admin auth when it is exposed). Default false. Read
+	// at start: a reload does not add or remove it.
+	Profiling bool `yaml:"profiling"`
 }
 
 // Telemetry configures OpenTelemetry export.

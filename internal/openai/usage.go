@@ -175,11 +175,14 @@ func (m *Meter) event(ev []byte) []byte {
 	if i < 0 {
 		return ev
 	}
-	data := ev[i+len(dataPrefix):]
+	off := i + len(dataPrefix) // where data starts in ev
+	data := ev[off:]
 	if n := bytes.IndexByte(data, '\n'); n >= 0 {
 		data = data[:n]
 	}
-	data = bytes.TrimSpace(data)
+	trimmed := bytes.TrimLeft(data, " \t\r")
+	off += len(data) - len(trimmed)
+	data = bytes.TrimRight(trimmed, " \t\r")
 	if len(data) == 0 || data[0] != '{' {
 		return ev
 	}
@@ -226,7 +229,6 @@ func (m *Meter) event(ev []byte) []byte {
 	if u.IsObject() && ch.IsArray() && emptyArray(ch.Raw) {
 		return nil // the usage-only chunk the gateway asked for
 	}
-	off := i + len(dataPrefix) + bytes.Index(ev[i+len(dataPrefix):], data)
 	m.scratch = cutMember(m.scratch[:0], ev, off+uKey, off+u.Index+len(u.Raw))
 	return m.scratch
 }
@@ -357,14 +359,24 @@ func (m *Meter) finishJSON() {
 		}
 		return
 	}
-	root := gjson.ParseBytes(m.json)
-	if c := root.Get("error.code"); c.Type == gjson.String {
-		m.ErrorCode = c.Str
-	}
-	if u := root.Get("usage"); u.Exists() {
-		m.Usage, m.HasUsage = ParseUsage(u)
-	}
-	root.Get("choices").ForEach(func(_, c gjson.Result) bool {
+	// One pass over the top-level members.
+	var choices, output gjson.Result
+	gjson.ParseBytes(m.json).ForEach(func(k, v gjson.Result) bool {
+		switch k.Str {
+		case "error":
+			if c := v.Get("code"); c.Type == gjson.String {
+				m.ErrorCode = c.Str
+			}
+		case "usage":
+			m.Usage, m.HasUsage = ParseUsage(v)
+		case "choices":
+			choices = v
+		case "output":
+			output = v
+		}
+		return true
+	})
+	choices.ForEach(func(_, c gjson.Result) bool {
 		if s := c.Get("message.content"); s.Type == gjson.String {
 			m.addText(s.Str)
 		}
@@ -378,7 +390,7 @@ func (m *Meter) finishJSON() {
 		}
 		return true
 	})
-	root.Get("output").ForEach(func(_, o gjson.Result) bool { // Responses API
+	output.ForEach(func(_, o gjson.Result) bool { // Responses API
 		o.Get("content").ForEach(func(_, c gjson.Result) bool {
 			m.addText(c.Get("text").Str)
 			return true

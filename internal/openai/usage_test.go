@@ -273,3 +273,24 @@ func TestMeterHostileEvents(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkMeterJSON is the cost of metering a non-streaming chat
+// completion as Azure shapes it (content filter results included).
+func BenchmarkMeterJSON(b *testing.B) {
+	body := []byte(`{"choices":[{"content_filter_results":{"hate":{"filtered":false,"severity":"safe"},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}},"finish_reason":"stop","index":0,"logprobs":null,"message":{"content":"Hello! How can I help you with your gateway today?","refusal":null,"role":"assistant"}}],"created":1763800000,"id":"chatcmpl-AZ9kQ2","model":"gpt-4o-2024-08-06","object":"chat.completion","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{"hate":{"filtered":false,"severity":"safe"},"jailbreak":{"filtered":false,"detected":false},"self_harm":{"filtered":false,"severity":"safe"},"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}}}],"system_fingerprint":"fp_b705f0c291","usage":{"completion_tokens":12,"completion_tokens_details":{"reasoning_tokens":0},"prompt_tokens":20,"prompt_tokens_details":{"cached_tokens":0},"total_tokens":32}}`)
+	buf := make([]byte, 32<<10)
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		m := &Meter{}
+		r := m.Wrap(io.NopCloser(bytes.NewReader(body)), "application/json")
+		for {
+			if _, err := r.Read(buf); err != nil {
+				break
+			}
+		}
+		if m.Usage.Total != 32 || string(m.Text()) != "Hello! How can I help you with your gateway today?" {
+			b.Fatalf("usage %+v text %q", m.Usage, m.Text())
+		}
+	}
+}

@@ -31,6 +31,8 @@ Usage:
         [--from T] [--to T] [--group-by app,team,model,backend] [--format table|csv|json]
                                    chargeback report from the usage store
   tokengate simulate --config FILE run simulated Azure OpenAI instances
+  tokengate loadtest --url BASE (--rate R | --concurrency N) [--stream-share F] [--mix FILE] [--json]
+                                   load-test any Azure OpenAI-compatible endpoint and report latency and throughput
   tokengate config validate FILE   check a config file and list every problem
   tokengate version                print the version
 
@@ -52,6 +54,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runDemo(ctx, args[1:], stdout, stderr)
 	case "simulate":
 		err = runSimulate(ctx, args[1:], stdout, stderr)
+	case "loadtest":
+		err = runLoadtest(ctx, args[1:], stdout, stderr)
 	case "config":
 		err = runConfig(args[1:], stdout)
 	case "dev-token":
@@ -164,15 +168,21 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	return serveGateway(ctx, cfg, newLogger(cfg.Log, stderr), nil, file)
+	log, flush := newLogger(cfg.Log, stderr)
+	defer flush()
+	return serveGateway(ctx, cfg, log, nil, file)
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
+// newLogger is the gateway's logger as c configures it, writing through a
+// logBuffer, and the function that flushes it.
+func newLogger(c config.Log, w io.Writer) (*slog.Logger, func()) {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.Level))
 	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
-	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return bufferedLogger(w, func(w io.Writer) slog.Handler {
+		if c.Format == "text" {
+			return slog.NewTextHandler(w, opts)
+		}
+		return slog.NewJSONHandler(w, opts)
+	})
 }

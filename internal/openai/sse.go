@@ -38,7 +38,9 @@ const streamLost = `data: {"error":{"code":"upstream_stream_lost","message":"the
 // bytes to pass on (the event itself, a rewritten event, or nothing to drop
 // it); it may not retain its argument.
 func NewEventReader(src io.ReadCloser, filter func(event []byte) []byte) *EventReader {
-	return &EventReader{src: src, br: bufio.NewReaderSize(src, 8<<10), filter: filter}
+	// A small buffer: a stream holds it for as long as it runs; longer
+	// lines are read in pieces.
+	return &EventReader{src: src, br: bufio.NewReaderSize(src, 2<<10), filter: filter}
 }
 
 // Read implements io.Reader.

@@ -426,10 +426,17 @@ func (p *Proxy) errorHandler(w http.ResponseWriter, r *http.Request, err error) 
 	openai.WriteError(w, e)
 }
 
-// bufferPool recycles ReverseProxy's copy buffers.
+// bufferPool recycles ReverseProxy's copy buffers. A stream holds its
+// buffer for as long as it runs, so the buffer is small: 4 KiB takes a
+// chat completion or a burst of a stream's events in one read (10,000
+// open streams hold 40 MiB of them, not 320 MiB at net/http's default
+// 32 KiB). Larger bodies (embeddings) take more reads, from the upstream
+// connection's own read buffer, so no more syscalls.
 type bufferPool struct{}
 
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+const copyBufferSize = 4 << 10
+
+var copyBuffers = sync.Pool{New: func() any { b := make([]byte, copyBufferSize); return &b }}
 
 func (bufferPool) Get() []byte  { return *copyBuffers.Get().(*[]byte) }
 func (bufferPool) Put(b []byte) { copyBuffers.Put(&b) }

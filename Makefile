@@ -7,7 +7,7 @@ FUZZTIME ?= 20s
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 .PHONY: demo
 demo: ## run the demo: gateway + three simulated Azure OpenAI instances
@@ -43,6 +43,12 @@ fuzz: ## run every fuzz target for FUZZTIME each
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done
 
+BENCHFLAGS ?=
+
 .PHONY: bench
-bench: ## run the benchmarks (proxy overhead, peeking, SSE framing, simulator)
+bench: ## the overhead benchmark: direct vs nginx vs tokengate (minimal and full pipeline), see docs/performance.md
+	$(GO) run ./tests/bench $(BENCHFLAGS)
+
+.PHONY: microbench
+microbench: ## the Go benchmarks of the hot-path functions (allocations included)
 	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)

@@ -89,7 +89,8 @@
 //	completed            responses read to the end, whatever their status
 //	succeeded            completed 2xx responses (streams with [DONE])
 //	errors               non-2xx responses + transport errors + incomplete streams and bodies
-//	achieved_rate        completed / elapsed_s
+//	sent_rate            sent / duration_s: the offered rate (open loop: the arrival rate reached)
+//	achieved_rate        completed / elapsed_s: throughput, the tail of the last responses included
 //	succeeded_rate       succeeded / elapsed_s
 //	peak_in_flight       most requests in flight at once (whole run)
 //	latency_ms           {count, mean, min, p50, p90, p99, p99_9, max} of all successes

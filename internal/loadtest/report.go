@@ -35,6 +35,7 @@ type Report struct {
 	Completed     int64   `json:"completed"`
 	Succeeded     int64   `json:"succeeded"`
 	Errors        int64   `json:"errors"`
+	SentRate      float64 `json:"sent_rate"`
 	AchievedRate  float64 `json:"achieved_rate"`
 	SucceededRate float64 `json:"succeeded_rate"`
 	PeakInFlight  int64   `json:"peak_in_flight"`
@@ -176,6 +177,7 @@ func (r *runner) report() *Report {
 		Completed:     completed,
 		Succeeded:     rec.all.succeeded,
 		Errors:        rec.all.errors,
+		SentRate:      math.Round(float64(rec.sent)/c.Duration.Seconds()*1000) / 1000,
 		AchievedRate:  perS(completed),
 		SucceededRate: perS(rec.all.succeeded),
 		PeakInFlight:  rec.peak.Load(),
@@ -238,9 +240,9 @@ func (rep *Report) WriteText(w io.Writer) error {
 	}
 	p("\n")
 	if rep.Mode == "open" {
-		p("  requests   %d scheduled, %d sent, %d unsent\n", rep.Scheduled, rep.Sent, rep.Unsent)
+		p("  requests   %d scheduled, %d sent (%.1f/s), %d unsent\n", rep.Scheduled, rep.Sent, rep.SentRate, rep.Unsent)
 	} else {
-		p("  requests   %d sent\n", rep.Sent)
+		p("  requests   %d sent (%.1f/s)\n", rep.Sent, rep.SentRate)
 	}
 	p("  completed  %d in %s: %.1f/s (%d succeeded: %.1f/s)\n", rep.Completed, secs(rep.ElapsedS), rep.AchievedRate, rep.Succeeded, rep.SucceededRate)
 	p("  errors     %d", rep.Errors)

@@ -32,7 +32,7 @@ func TestReportJSONFields(t *testing.T) {
 	want := []string{
 		"report_version", "mode", "url", "api", "rate", "concurrency", "stream_share", "duration_s", "warmup_s",
 		"elapsed_s", "interrupted", "scheduled", "sent", "unsent", "completed", "succeeded", "errors",
-		"achieved_rate", "succeeded_rate", "peak_in_flight", "latency_ms", "latency_json_ms", "latency_stream_ms",
+		"sent_rate", "achieved_rate", "succeeded_rate", "peak_in_flight", "latency_ms", "latency_json_ms", "latency_stream_ms",
 		"ttft_ms", "schedule_lag_ms", "prompt_tokens", "completion_tokens", "prompt_tokens_per_s",
 		"completion_tokens_per_s", "missing_usage", "status_codes", "throttled", "transport_errors",
 		"incomplete_streams", "incomplete_bodies", "by_app", "by_model",
@@ -126,7 +126,7 @@ func TestWriteText(t *testing.T) {
 	}
 	out := b.String()
 	for _, want := range []string{
-		"open loop: 100 requests/s, at most 10 in flight", "30 scheduled, 30 sent, 0 unsent", "status     200: ", "429: ",
+		"open loop: 100 requests/s, at most 10 in flight", "30 scheduled, 30 sent (100.0/s), 0 unsent", "status     200: ", "429: ",
 		"latency (ms)", "all ", "json ", "stream ", "ttft (stream)", "schedule lag", "by model", "gpt-4o-mini",
 		"intended send time", "throttled",
 	} {

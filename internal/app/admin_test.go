@@ -217,7 +217,7 @@ func TestReloadRestartOnlySections(t *testing.T) {
 func TestAdminAuthExposed(t *testing.T) {
 	key := strings.Repeat("k", 40)
 	fb := newFakeBackend(t, okJSON)
-	doc := strings.Replace(testConfig, `admin_addr: "off"`, `admin_addr: "192.0.2.10:8081"`, 1) + "admin: {keys: [\"" + key + "\"]}\n"
+	doc := strings.Replace(testConfig, `admin_addr: "off"`, `admin_addr: "192.0.2.10:8081"`, 1) + "admin: {keys: [\"" + key + "\"], profiling: true}\n"
 	cfg, err := config.Parse([]byte(doc), func(k string) (string, bool) { return fb.URL, k == "BACKEND" })
 	if err != nil {
 		t.Fatal(err)
@@ -243,6 +243,8 @@ func TestAdminAuthExposed(t *testing.T) {
 		{"/admin/config", "Bearer " + key, 200},
 		{"/metrics", "Bearer " + key, 200},
 		{"/admin/nothing", "Bearer " + key, 404},
+		{"/debug/pprof/", "", 401},
+		{"/debug/pprof/", "Bearer " + key, 200},
 	} {
 		req, _ := http.NewRequest(http.MethodGet, srv.URL+tc.path, nil)
 		if tc.auth != "" {
@@ -269,5 +271,21 @@ func TestAdminAuthExposed(t *testing.T) {
 	if _, err := config.Parse([]byte(bare), func(k string) (string, bool) { return fb.URL, k == "BACKEND" }); err == nil ||
 		!strings.Contains(err.Error(), "listen.admin_addr") {
 		t.Fatalf("an exposed admin listener without protection must not validate: %v", err)
+	}
+}
+
+// TestProfilingOffByDefault: pprof is served only when admin.profiling says so.
+func TestProfilingOffByDefault(t *testing.T) {
+	fb := newFakeBackend(t, okJSON)
+	gw, _, _ := reloadGateway(t, testConfig, fb.URL)
+	srv := httptest.NewServer(gw.AdminHandler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/debug/pprof/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/debug/pprof/ without admin.profiling: %d, want 404", resp.StatusCode)
 	}
 }

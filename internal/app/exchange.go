@@ -113,6 +113,7 @@ type recorder struct {
 	http.ResponseWriter
 	rc           *http.ResponseController
 	writeTimeout time.Duration
+	armed        time.Time // when the write deadline was last set
 	status       int
 	bytes        int64
 	err          *openai.Error // the gateway's own error answer, if any
@@ -136,15 +137,29 @@ func (w *recorder) Write(p []byte) (int, error) {
 	if w.status == 0 {
 		w.status = http.StatusOK
 	}
-	_ = w.rc.SetWriteDeadline(time.Now().Add(w.writeTimeout))
+	w.arm()
 	n, err := w.ResponseWriter.Write(p)
 	w.bytes += int64(n)
 	return n, err
 }
 
 func (w *recorder) FlushError() error {
-	_ = w.rc.SetWriteDeadline(time.Now().Add(w.writeTimeout))
+	w.arm()
 	return w.rc.Flush()
+}
+
+// arm gives the next write (or flush) the write timeout. The connection's
+// deadline is moved only when a tenth of the timeout has passed since it
+// was last set, so a stream's events (a write and a flush each) do not
+// each re-arm a runtime timer; every write still gets at least 90% of
+// the timeout.
+func (w *recorder) arm() {
+	now := time.Now()
+	if now.Sub(w.armed) < w.writeTimeout/10 {
+		return
+	}
+	w.armed = now
+	_ = w.rc.SetWriteDeadline(now.Add(w.writeTimeout))
 }
 
 func (w *recorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }

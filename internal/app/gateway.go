@@ -161,8 +161,8 @@ func (g *Gateway) readyz(w http.ResponseWriter, _ *http.Request) {
 
 // track runs one request on the current runtime's pipeline: it mints the
 // request id, starts the request's span, gives each write its own deadline,
-// and when the request ends writes its usage record, metrics and access log
-// line, in that order.
+// and when the request ends sends what is left of the response, then
+// writes its usage record, metrics and access log line, in that order.
 func (g *Gateway) track(w http.ResponseWriter, r *http.Request) {
 	g.inflight.Add(1)
 	defer g.inflight.Done()
@@ -175,6 +175,14 @@ func (g *Gateway) track(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("X-Request-Id", x.id)
 	rec := &recorder{ResponseWriter: w, rc: http.NewResponseController(w), writeTimeout: g.boot.Listen.WriteTimeout}
 	defer func() {
+		// The client has its whole answer before the bookkeeping below,
+		// not after it: a body of known length still in the writer's
+		// buffer goes out now (streams are already flushed; a body of
+		// unknown length is left to net/http, so it keeps its computed
+		// Content-Length).
+		if rec.status != 0 && rec.Header().Get("Content-Length") != "" {
+			_ = rec.rc.Flush()
+		}
 		ur := rt.record(r, x, rec)
 		spilled := x.selection != nil && x.selection.Spilled()
 		g.metrics.Request(rt.labels(ur), ur, spilled)

@@ -1,9 +1,6 @@
 package tokens
 
-import (
-	"encoding/binary"
-	"math/bits"
-)
+import "math/bits"
 
 // The block engine: the split regexps for ASCII text as bit operations on
 // 64-byte blocks. Finding pieces one at a time costs a chain of dependent
@@ -72,26 +69,40 @@ var spread = func() (t [256]uint64) {
 // set if byte j has flag f.
 func classify(b []byte) (m [8]uint64) {
 	b = b[:64]
-	for k := range 8 {
-		w := binary.LittleEndian.Uint64(b[8*k:])
-		m[k] = spread[byte(w)] | spread[byte(w>>8)]<<1 | spread[byte(w>>16)]<<2 | spread[byte(w>>24)]<<3 |
-			spread[byte(w>>32)]<<4 | spread[byte(w>>40)]<<5 | spread[byte(w>>48)]<<6 | spread[byte(w>>56)]<<7
-	}
-	// m[k] byte f is flag f's mask of word k; transpose the 8x8 matrix of
-	// bytes so that m[f] byte k is.
-	for k := range 4 {
-		a, b := m[k], m[k+4]
-		m[k], m[k+4] = a&0x00000000ffffffff|b<<32, a>>32|b&0xffffffff00000000
-	}
-	for _, k := range [4]int{0, 1, 4, 5} {
-		a, b := m[k], m[k+2]
-		m[k], m[k+2] = a&0x0000ffff0000ffff|(b&0x0000ffff0000ffff)<<16, a>>16&0x0000ffff0000ffff|b&0xffff0000ffff0000
-	}
-	for _, k := range [4]int{0, 2, 4, 6} {
-		a, b := m[k], m[k+1]
-		m[k], m[k+1] = a&0x00ff00ff00ff00ff|(b&0x00ff00ff00ff00ff)<<8, a>>8&0x00ff00ff00ff00ff|b&0xff00ff00ff00ff00
-	}
-	return m
+	// Byte f of word k is flag f's mask of the eight bytes b[8k:8k+8].
+	m0, m1, m2, m3 := flags8(b[0:8]), flags8(b[8:16]), flags8(b[16:24]), flags8(b[24:32])
+	m4, m5, m6, m7 := flags8(b[32:40]), flags8(b[40:48]), flags8(b[48:56]), flags8(b[56:64])
+	// Transpose the 8x8 matrix of bytes so that byte k of word f is: swap
+	// the off-diagonal halves, then quarters, then single bytes.
+	m0, m4 = swap(m0, m4, 32, 0x00000000ffffffff)
+	m1, m5 = swap(m1, m5, 32, 0x00000000ffffffff)
+	m2, m6 = swap(m2, m6, 32, 0x00000000ffffffff)
+	m3, m7 = swap(m3, m7, 32, 0x00000000ffffffff)
+	m0, m2 = swap(m0, m2, 16, 0x0000ffff0000ffff)
+	m1, m3 = swap(m1, m3, 16, 0x0000ffff0000ffff)
+	m4, m6 = swap(m4, m6, 16, 0x0000ffff0000ffff)
+	m5, m7 = swap(m5, m7, 16, 0x0000ffff0000ffff)
+	m0, m1 = swap(m0, m1, 8, 0x00ff00ff00ff00ff)
+	m2, m3 = swap(m2, m3, 8, 0x00ff00ff00ff00ff)
+	m4, m5 = swap(m4, m5, 8, 0x00ff00ff00ff00ff)
+	m6, m7 = swap(m6, m7, 8, 0x00ff00ff00ff00ff)
+	return [8]uint64{m0, m1, m2, m3, m4, m5, m6, m7}
+}
+
+// flags8 returns the class flags of the eight bytes of w: byte f of the
+// result is flag f's mask of them.
+func flags8(w []byte) uint64 {
+	w = w[:8]
+	return spread[w[0]] | spread[w[1]]<<1 | spread[w[2]]<<2 | spread[w[3]]<<3 |
+		spread[w[4]]<<4 | spread[w[5]]<<5 | spread[w[6]]<<6 | spread[w[7]]<<7
+}
+
+// swap exchanges the high part of each field of a with the low part of
+// the same field of b, the fields being 2s bits wide and lo masking their
+// low halves.
+func swap(a, b uint64, s uint, lo uint64) (uint64, uint64) {
+	t := (a>>s ^ b) & lo
+	return a ^ t<<s, b ^ t
 }
 
 // blockSpan is how many bytes from a block's start the engine reads: the
@@ -264,41 +275,54 @@ func (e *estimator) block(blk []byte, nb int) (tokens, adv, trouble int) {
 	// depends on the character after it too) and, at the end of the
 	// text, the last one.
 	valid := b &^ 1 &^ past
+	trouble = -1
 	if t <= 64 {
-		if t < 2 {
-			return 0, 0, t
-		}
-		valid &= 1<<(t-1) - 1
+		trouble = t
+		valid &= 1<<max(t-1, 0) - 1
 	} else if nb < 64 {
 		valid |= 1 << nb // the end of the text
 	}
-	start := 0
-	vocab := e.vocab
-	for ; valid != 0; valid &= valid - 1 {
-		end := bits.TrailingZeros64(valid)
-		// lookup, by hand: a call per piece costs more than the lookup.
-		n := end - start
-		var h uint64
-		switch w1 := binary.LittleEndian.Uint64(blk[start:]); {
-		case n < 8:
-			h = hashTail(hashSeed, w1&(1<<(8*n)-1), n)
-		case n < 16:
-			w2 := binary.LittleEndian.Uint64(blk[start+8:])
-			h = hashTail(mix(hashSeed^w1), w2&(1<<(8*(n-8))-1), n)
-		default:
-			h = hashBytes(blk[start:end])
-		}
-		if vocab.has(h) {
+	if valid == 0 {
+		return 0, 0, trouble
+	}
+
+	// Each boundary in valid ends a piece that starts at the boundary
+	// before it, or at 0. A piece of one byte, or of digits (at most
+	// three), is one token: a fifth of the pieces of code and up to half
+	// of those of data, counted together here, without a branch each.
+	last := 63 - bits.LeadingZeros64(valid)
+	starts := (valid | 1) &^ (1 << last)
+	one := starts & (valid>>1 | d)
+	tokens = bits.OnesCount64(one)
+
+	// The others are one token if the vocabulary has them, as most are:
+	// they are looked up in a loop of their own, which has no calls, so
+	// that the compiler keeps its state in registers. Those it lacks are
+	// estimated after.
+	var missing uint64 // the starts of the pieces the vocabulary lacks
+	for rest := starts &^ one; rest != 0; rest &= rest - 1 {
+		first := rest & -rest
+		start := bits.TrailingZeros64(first)
+		end := bits.TrailingZeros64(valid &^ (first<<1 - 1)) // the next boundary
+		// The piece's words, read straight from the block: it has 16
+		// bytes after any piece's start.
+		if n := end - start; n < 16 && e.vocab.has(load16(blk[start:start+16], n).hash()) {
 			tokens++
 		} else {
-			tokens += e.oov(blk[start:end], pieceKind(blk[start:end]))
+			missing |= first
 		}
-		start = end
 	}
-	if t <= 64 {
-		return tokens, start, t
+	for ; missing != 0; missing &= missing - 1 {
+		first := missing & -missing
+		start := bits.TrailingZeros64(first)
+		end := bits.TrailingZeros64(valid &^ (first<<1 - 1))
+		if n := end - start; n < 16 {
+			tokens += e.short(load16(blk[start:start+16], n))
+		} else {
+			tokens += e.piece(blk, start, end, pieceKind(blk[start:end]))
+		}
 	}
-	return tokens, start, -1
+	return tokens, last, trouble
 }
 
 // fill returns the lanes of mask reachable from a seed lane by moving up

@@ -1,7 +1,6 @@
 package tokens
 
 import (
-	"bytes"
 	"sync"
 	"unsafe"
 )
@@ -22,7 +21,8 @@ import (
 //     code, is one token: found by a hash probe into a fingerprint set of the
 //     vocabulary (vocab.go).
 //   - The other pieces are matched greedily against the same set, longest
-//     prefix first (model.go), instead of being merged by BPE rank.
+//     prefix first (model.go, and short.go for pieces of under 16 bytes,
+//     held in registers), instead of being merged by BPE rank.
 //
 // It allocates nothing per call.
 
@@ -290,21 +290,27 @@ const decodeChunk = 4096
 
 // str estimates the JSON string at w (on its opening quote) and leaves w
 // after it. A string without escapes is estimated where it is; one with
-// escapes is decoded into a buffer on the stack, a chunk at a time, each
-// chunk's last piece left for the next since it may go on there.
+// escapes is decoded first (see escaped).
 func (e *estimator) str(w *walker) int {
 	raw := w.b[w.i+1:]
-	q := bytes.IndexByte(raw, '"')
-	if q < 0 {
-		q = len(raw) // truncated: the rest is the string
+	q := special(raw)
+	if q < len(raw) && raw[q] == '\\' {
+		return e.escaped(w)
 	}
-	if bytes.IndexByte(raw[:q], '\\') < 0 {
-		n, _ := e.scan(raw[:q], true)
-		w.i = min(w.i+1+q+1, len(w.b))
-		return n
-	}
+	// No escapes (and, if q is len(raw), truncated: the rest is the
+	// string).
+	n, _ := e.scan(raw[:q], true)
+	w.i = min(w.i+1+q+1, len(w.b))
+	return n
+}
+
+// escaped is str for a string with escapes, which it decodes into a buffer
+// on the stack, a chunk at a time, each chunk's last piece left for the
+// next since it may go on there. (Kept out of str, whose calls are many and
+// mostly of plain strings, for its stack frame.)
+func (e *estimator) escaped(w *walker) int {
 	var buf [decodeChunk]byte
-	d := decoder{src: w.b, i: w.i + 1, q: -1}
+	d := decoder{src: w.b, i: w.i + 1}
 	have, n := 0, 0
 	for {
 		have = d.fill(buf[:], have)

@@ -248,6 +248,81 @@ func FuzzEstimateChatJSON(f *testing.F) {
 	})
 }
 
+// chatRequest is a chat completions request body as the gateway receives
+// it: the model, about size bytes of messages of the mixed category (prose,
+// code, data and languages in one conversation), tool definitions and
+// sampling options. It returns the body and the exact count of its
+// messages, which is what the estimate of the body estimates: tools are not
+// counted by either (see [Counter.EstimateBody]).
+func chatRequest(tb testing.TB, c *Counter, size int) (body []byte, exact int) {
+	tb.Helper()
+	messages, msgs := chatBody(mixedPool(tb), size)
+	body = fmt.Appendf(nil, `{"model":"gpt-4o","messages":%s,"tools":%s,"tool_choice":"auto","temperature":0.2,"stream":true}`, messages, requestTools)
+	return body, exactMessages(c, messages, msgs)
+}
+
+// requestTools are the tool definitions of chatRequest's body.
+const requestTools = `[{"type":"function","function":{"name":"get_weather","description":"Get the current weather for a city.",` +
+	`"parameters":{"type":"object","properties":{"city":{"type":"string","description":"City name, e.g. Paris"},` +
+	`"unit":{"type":"string","enum":["celsius","fahrenheit"]}},"required":["city"]}}},` +
+	`{"type":"function","function":{"name":"search_orders","description":"Search a customer's orders by status and date range.",` +
+	`"parameters":{"type":"object","properties":{"customer_id":{"type":"integer"},"status":{"type":"string","enum":["open","shipped","returned"]},` +
+	`"from":{"type":"string","format":"date"},"to":{"type":"string","format":"date"}},"required":["customer_id"]}}}]`
+
+// exactCounts remembers the exact counts of chatRequest's messages per
+// encoding and size: counting 400 KB exactly takes a tenth of a second, and
+// benchmarks with -count run the setup again.
+var exactCounts sync.Map // "encoding/size" -> int
+
+func exactMessages(c *Counter, messages []byte, msgs []Message) int {
+	key := fmt.Sprintf("%s/%d", c.Encoding(), len(messages))
+	if n, ok := exactCounts.Load(key); ok {
+		return n.(int)
+	}
+	n := c.CountChat(msgs)
+	exactCounts.Store(key, n)
+	return n
+}
+
+// TestEstimateChat400KBAccuracy holds the estimate of the request body of
+// BenchmarkEstimateChat400KB to the target: within 5% of the exact count.
+func TestEstimateChat400KBAccuracy(t *testing.T) {
+	if testing.Short() {
+		t.Skip("counts 400 KB exactly")
+	}
+	for _, enc := range []string{O200kBase, Cl100kBase} {
+		c, _ := ForEncoding(enc)
+		body, exact := chatRequest(t, c, 400<<10)
+		est := c.EstimateBody(body)
+		e := float64(est-exact) / float64(exact)
+		t.Logf("%s: %d bytes: estimate %d, exact %d: %+.2f%%", enc, len(body), est, exact, 100*e)
+		if math.Abs(e) > maxError {
+			t.Errorf("%s: estimate %d, exact %d: error %+.2f%%, want within %.0f%%", enc, est, exact, 100*e, 100*maxError)
+		}
+	}
+}
+
+// BenchmarkEstimateChat400KB is the target of the request path: the prompt
+// estimate of a 400 KB chat completions request body, the whole body as
+// admission control sees it, in at most 1 ms and within 5% of the exact
+// count. It reports the error as err%.
+func BenchmarkEstimateChat400KB(b *testing.B) {
+	for _, enc := range []string{O200kBase, Cl100kBase} {
+		c, _ := ForEncoding(enc)
+		c.Warm()
+		body, exact := chatRequest(b, c, 400<<10)
+		b.Run(enc, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			est := 0
+			for b.Loop() {
+				est = c.EstimateBody(body)
+			}
+			b.ReportMetric(100*float64(est-exact)/float64(exact), "err%")
+		})
+	}
+}
+
 // The benchmarks of the request path: BenchmarkEstimateChatJSON400KB and
 // BenchmarkCountChatJSON400KB compare the estimate with the exact count on
 // the same 400 KB bodies.

@@ -34,14 +34,26 @@ const (
 // several times a normal body.
 const maxGreedy = 1024
 
-// oov estimates a piece that is not in the vocabulary. It copies the piece
-// a chunk at a time into a buffer with zeros after it, so that probes can
-// read whole eight-byte words past its end.
+// oov estimates a piece that is not in the vocabulary. A piece of under
+// 16 bytes, as nearly all are, is matched in registers (see short); a
+// longer one is copied a chunk at a time into a buffer with zeros after it,
+// so that probes can read whole eight-byte words past its end.
 func (e *estimator) oov(p []byte, k kind) int {
+	if len(p) < 16 {
+		var buf [16]byte
+		copy(buf[:], p)
+		return e.short(load16(buf[:], len(p)))
+	}
 	if len(p) > maxGreedy {
 		n := e.oov(p[:maxGreedy], k)
 		return (n*len(p) + maxGreedy/2) / maxGreedy
 	}
+	return e.greedy(p, k)
+}
+
+// greedy is the greedy estimate of p, matched a chunk at a time with
+// longest.
+func (e *estimator) greedy(p []byte, k kind) int {
 	maxLen := greedyLetters
 	if k != kLetters {
 		maxLen = greedyOther

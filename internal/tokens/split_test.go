@@ -1,6 +1,7 @@
 package tokens
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"math/rand/v2"
 	"strings"
@@ -156,11 +157,17 @@ func FuzzScan(f *testing.F) {
 // estimate of the decoded text.
 func TestChunkedStrings(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
+	texts := []string{}
+	for range 20 {
+		text := randomText(r, 2000+r.IntN(6000)) // kilobytes, with newlines and quotes to escape
+		texts = append(texts, strings.ToValidUTF8(text, "?"))
+	}
+	for _, name := range []string{"english.txt", "chinese.txt", "python.py"} {
+		texts = append(texts, testdata(t, name)) // long runs between escapes
+	}
 	for _, enc := range []string{O200kBase, Cl100kBase} {
 		c, _ := ForEncoding(enc)
-		for range 20 {
-			text := randomText(r, 2000+r.IntN(6000)) // kilobytes, with newlines and quotes to escape
-			text = strings.ToValidUTF8(text, "?")
+		for _, text := range texts {
 			for _, ascii := range []bool{false, true} {
 				raw, _ := json.Marshal(text)
 				if ascii {
@@ -288,6 +295,108 @@ func TestVocabSet(t *testing.T) {
 		}
 		if wrong*1000 > tried {
 			t.Errorf("%s: %d of %d non-tokens taken for tokens", enc, wrong, tried)
+		}
+	}
+}
+
+// TestSpecial holds the search for the end of a plain run to a byte loop.
+func TestSpecial(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	for range 5000 {
+		b := make([]byte, r.IntN(100))
+		for i := range b {
+			b[i] = "ab \"\\\xe9\x80\x00"[r.IntN(8)]
+			if r.IntN(4) > 0 {
+				b[i] = 'a' + byte(r.IntN(26))
+			}
+		}
+		want := len(b)
+		for i, c := range b {
+			if c == '"' || c == '\\' {
+				want = i
+				break
+			}
+		}
+		if got := special(b); got != want {
+			t.Fatalf("special(%q) = %d, want %d", b, got, want)
+		}
+	}
+}
+
+func TestRawString(t *testing.T) {
+	for _, tt := range []struct{ in, want, rest string }{
+		{`"role":`, `role`, `:`},
+		{`""x`, ``, `x`},
+		{`"a\"b"c`, `a\"b`, `c`},
+		{`"a\\"b`, `a\\`, `b`},
+		{`"a\\\"b"`, `a\\\"b`, ``},
+		{`"` + strings.Repeat("long key ", 10) + `"}`, strings.Repeat("long key ", 10), `}`},
+		{`"truncated`, `truncated`, ``},
+		{`"truncated\`, `truncated\`, ``},
+	} {
+		w := walker{b: []byte(tt.in)}
+		if got := string(w.rawString()); got != tt.want || string(w.b[w.i:]) != tt.rest {
+			t.Errorf("rawString(%q) = %q, rest %q; want %q, rest %q", tt.in, got, w.b[w.i:], tt.want, tt.rest)
+		}
+	}
+}
+
+// TestShortMatchesGreedy holds the greedy match of short pieces, in
+// registers, to the general one.
+func TestShortMatchesGreedy(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	alphabet := []string{"a", "e", "s", "t", "ing", "tion", "Z", " ", ".", "-", "_", "é", "ß", "日本", "語", "😀", "\xff", "1"}
+	for _, enc := range []string{O200kBase, Cl100kBase} {
+		c, _ := ForEncoding(enc)
+		e := c.estimator()
+		tried := 0
+		for range 20000 {
+			var b strings.Builder
+			for range 1 + r.IntN(8) {
+				b.WriteString(alphabet[r.IntN(len(alphabet))])
+			}
+			p := []byte(b.String())
+			if len(p) >= 16 || e.vocab.has(hashBytes(p)) {
+				continue // short takes pieces of under 16 bytes that are not tokens
+			}
+			tried++
+			var buf [16]byte
+			copy(buf[:], p)
+			got := e.short(load16(buf[:], len(p)))
+			for _, k := range []kind{kLetters, kPunct} {
+				if want := e.greedy(p, k); got != want {
+					t.Fatalf("%s: %q: short %d, greedy %d", enc, p, got, want)
+				}
+			}
+		}
+		if tried < 5000 {
+			t.Fatalf("%s: only %d pieces tried", enc, tried)
+		}
+	}
+}
+
+func TestPiece16(t *testing.T) {
+	r := rand.New(rand.NewPCG(15, 16))
+	var b [16]byte
+	for range 1000 {
+		for i := range b {
+			b[i] = byte(r.IntN(256))
+		}
+		for n := range 16 {
+			if got, want := load16(b[:], n).hash(), hashBytes(b[:n]); got != want {
+				t.Fatalf("load16(%x, %d).hash() = %x, hashBytes = %x", b, n, got, want)
+			}
+		}
+		var want uint32
+		for k, c := range b {
+			if c&0xc0 == 0x80 {
+				want |= 1 << k
+			}
+		}
+		p := load16(b[:], 15)
+		p.hi = binary.LittleEndian.Uint64(b[8:]) // all 16 bytes
+		if got := continuations(p.lo) | continuations(p.hi)<<8; got != want {
+			t.Fatalf("continuations(%x) = %016b, want %016b", b, got, want)
 		}
 	}
 }

@@ -72,7 +72,7 @@ func newVocabSet(codec tokenizer.Codec) *vocabSet {
 // buckets after it up to one that is not.
 func (v *vocabSet) has(h uint64) bool {
 	fp := (h&0xffff | 1) * lanes16
-	for i := int(h >> v.shift); ; i = (i + 1) & (len(v.buckets) - 1) {
+	for i := int(h >> (v.shift & 63)); ; i = (i + 1) & (len(v.buckets) - 1) { // shift < 64: no check
 		w := v.buckets[i]
 		if hasZero16(w ^ fp) {
 			return true

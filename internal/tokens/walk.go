@@ -2,6 +2,8 @@ package tokens
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math/bits"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -24,6 +26,13 @@ func (w *walker) isNumber() bool {
 }
 
 func (w *walker) space() {
+	if w.i < len(w.b) && w.b[w.i] > ' ' {
+		return // compact JSON: no call for nothing to skip
+	}
+	w.skipSpace()
+}
+
+func (w *walker) skipSpace() {
 	for w.i < len(w.b) {
 		switch w.b[w.i] {
 		case ' ', '\t', '\n', '\r':
@@ -87,19 +96,38 @@ func (w *walker) element() bool {
 func (w *walker) rawString() []byte {
 	w.i++
 	start := w.i
-	for w.i < len(w.b) {
-		switch w.b[w.i] {
-		case '"':
+	for {
+		w.i += special(w.b[w.i:])
+		if w.i == len(w.b) {
+			return w.b[start:] // truncated
+		}
+		if w.b[w.i] == '"' {
 			s := w.b[start:w.i]
 			w.i++
 			return s
-		case '\\':
-			w.i++
 		}
-		w.i++
+		w.i = min(w.i+2, len(w.b)) // an escape: the backslash and what it escapes
 	}
-	w.i = len(w.b)
-	return w.b[start:]
+}
+
+// special returns the index of the first quote or backslash in b, or
+// len(b) if it has none. It looks at the first two words in registers,
+// which is where keys and roles end, and searches the rest.
+func special(b []byte) int {
+	i := 0
+	for ; i < 16 && i+8 <= len(b); i += 8 {
+		if m := quoteOrBackslash(binary.LittleEndian.Uint64(b[i : i+8])); m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+	}
+	q := len(b)
+	if k := bytes.IndexByte(b[i:], '"'); k >= 0 {
+		q = i + k
+	}
+	if k := bytes.IndexByte(b[i:q], '\\'); k >= 0 {
+		return i + k
+	}
+	return q
 }
 
 // skip skips the value at w: a string, an object or array with everything
@@ -148,7 +176,7 @@ func (w *walker) skip() {
 type decoder struct {
 	src  []byte
 	i    int  // the next byte to decode
-	q    int  // the next unescaped-looking quote at or after i, or -1 if not searched yet
+	q    int  // the next quote at or after i, escaped or not, if q >= i
 	done bool // at the end: the closing quote is consumed, or src ended
 }
 
@@ -156,40 +184,92 @@ type decoder struct {
 // and returns the new fill level.
 func (d *decoder) fill(buf []byte, have int) int {
 	room := len(buf) - utf8.UTFMax // an escape decodes to at most UTFMax bytes
+	src, i := d.src, d.i
 	for have < room {
-		if d.i >= len(d.src) {
-			d.done = true
-			return have
-		}
-		if d.q < d.i {
-			d.q = bytes.IndexByte(d.src[d.i:], '"')
-			if d.q < 0 {
-				d.q = len(d.src)
-			} else {
-				d.q += d.i
+		// Copy the run of bytes up to the next quote or backslash: eight
+		// at a time while it lasts a few words, as most runs of code and
+		// data do (an escape a line), and then with a search and a copy,
+		// as the runs of prose do (an escape a paragraph).
+		words := 0
+		for ; words < 4 && i+8 <= len(src) && have+8 <= len(buf); words++ {
+			w := binary.LittleEndian.Uint64(src[i : i+8])
+			binary.LittleEndian.PutUint64(buf[have:have+8], w)
+			if m := quoteOrBackslash(w); m != 0 {
+				k := bits.TrailingZeros64(m) / 8
+				i += k
+				have += k
+				break
 			}
+			i += 8
+			have += 8
 		}
-		seg := d.src[d.i:d.q]
-		if bs := bytes.IndexByte(seg, '\\'); bs >= 0 {
-			seg = seg[:bs]
+		if words == 4 && have < room {
+			n := copy(buf[have:room], src[i:i+d.run(i)])
+			i += n
+			have += n
+			continue
 		}
-		n := copy(buf[have:room], seg)
-		have += n
-		d.i += n
-		switch {
-		case n < len(seg):
-			return have // full
-		case d.i == d.q:
-			d.i = min(d.i+1, len(d.src)) // the closing quote
+		// At a quote or a backslash, or near the end of the string or
+		// the buffer: a byte at a time.
+		if have >= room {
+			break
+		}
+		if i == len(src) {
+			d.done = true // truncated
+			break
+		}
+		c := src[i]
+		if c == '"' {
+			i++
 			d.done = true
-			return have
-		case d.i < len(d.src):
-			r, w := unescape(d.src[d.i:])
-			have += utf8.EncodeRune(buf[have:], r)
-			d.i += w
+			break
+		}
+		if c != '\\' {
+			buf[have] = c
+			have++
+			i++
+			continue
+		}
+		if i+1 < len(src) && escapes[src[i+1]] != 0 {
+			buf[have] = escapes[src[i+1]]
+			have++
+			i += 2
+			continue
+		}
+		r, w := unescape(src[i:])
+		have += utf8.EncodeRune(buf[have:], r)
+		i += w
+	}
+	d.i = i
+	return have
+}
+
+// run returns the length of the run of bytes from src[i] up to the next
+// quote or backslash. The quote is searched for once, not once a run.
+func (d *decoder) run(i int) int {
+	if d.q < i {
+		d.q = len(d.src)
+		if q := bytes.IndexByte(d.src[i:], '"'); q >= 0 {
+			d.q = i + q
 		}
 	}
-	return have
+	if b := bytes.IndexByte(d.src[i:d.q], '\\'); b >= 0 {
+		return b
+	}
+	return d.q - i
+}
+
+// escapes maps the character after a backslash to what the escape stands
+// for, for the escapes of one character; others map to 0.
+var escapes = [256]byte{'"': '"', '\\': '\\', '/': '/', 'b': '\b', 'f': '\f', 'n': '\n', 'r': '\r', 't': '\t'}
+
+// quoteOrBackslash returns w with the high bit of each byte that is a quote
+// or a backslash set, exactly for the first such byte: the usual test for a
+// zero byte, which can also flag bytes after a zero, but never before.
+func quoteOrBackslash(w uint64) uint64 {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	q, b := w^'"'*ones, w^'\\'*ones
+	return ((q-ones)&^q | (b-ones)&^b) & highs
 }
 
 // unescape decodes the JSON escape at the start of b, which begins with a
@@ -199,37 +279,27 @@ func unescape(b []byte) (rune, int) {
 	if len(b) < 2 {
 		return '\\', 1
 	}
-	switch b[1] {
-	case 'n':
-		return '\n', 2
-	case 't':
-		return '\t', 2
-	case 'r':
-		return '\r', 2
-	case 'b':
-		return '\b', 2
-	case 'f':
-		return '\f', 2
-	case '"', '\\', '/':
-		return rune(b[1]), 2
-	case 'u':
-		r, ok := hex4(b[2:])
-		if !ok {
-			return '\\', 1
-		}
-		if utf16.IsSurrogate(r) {
-			if r < 0xdc00 && len(b) >= 12 && b[6] == '\\' && b[7] == 'u' {
-				if lo, ok := hex4(b[8:]); ok {
-					if d := utf16.DecodeRune(r, lo); d != utf8.RuneError {
-						return d, 12
-					}
+	if c := escapes[b[1]]; c != 0 {
+		return rune(c), 2
+	}
+	if b[1] != 'u' {
+		return '\\', 1
+	}
+	r, ok := hex4(b[2:])
+	if !ok {
+		return '\\', 1
+	}
+	if utf16.IsSurrogate(r) {
+		if r < 0xdc00 && len(b) >= 12 && b[6] == '\\' && b[7] == 'u' {
+			if lo, ok := hex4(b[8:]); ok {
+				if d := utf16.DecodeRune(r, lo); d != utf8.RuneError {
+					return d, 12
 				}
 			}
-			return utf8.RuneError, 6
 		}
-		return r, 6
+		return utf8.RuneError, 6
 	}
-	return '\\', 1
+	return r, 6
 }
 
 func hex4(b []byte) (rune, bool) {

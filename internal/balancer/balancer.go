@@ -7,7 +7,11 @@
 // with steering, while its last x-ratelimit-remaining-tokens reading is
 // below the request's estimated cost.
 //
-// State is shared across goroutines with atomics; the pick takes no lock.
+// State is shared across goroutines with atomics; the pick takes no lock,
+// and while the backends are healthy it does not scan them either: it
+// draws one by weight (a binary search), so its cost hardly grows with the
+// pool. Only when the draws land on unavailable backends does it walk the
+// priority's members.
 package balancer
 
 import (
@@ -32,6 +36,7 @@ type Balancer struct {
 	first       *pool
 	models      map[string]string // alias -> pinned pool ("" = none)
 	states      []*State          // every backend deployment, for Snapshot
+	stateOf     map[stateKey]*State
 	passThrough upstream.Target
 	now         func() time.Time
 	log         *slog.Logger
@@ -45,14 +50,34 @@ type pool struct {
 	rule       rule
 	retry      config.Retry
 	aliases    map[string][]group
-	rr         atomic.Uint64
 }
 
 // group is the members of one priority that serve an alias.
 type group struct {
 	priority int
 	members  []*member
+	// upTo[i] is the weight of members[:i+1], so a draw in [0, total)
+	// finds its member by binary search instead of a walk.
+	upTo  []int
+	total int
+	rr    *atomic.Uint64 // round-robin: the group's next draw
 }
+
+// add appends m to the group.
+func (g *group) add(m *member) {
+	g.members = append(g.members, m)
+	g.total += m.weight
+	g.upTo = append(g.upTo, g.total)
+}
+
+// at is the member a draw n in [0, total) lands on.
+func (g *group) at(n int) *member {
+	i, _ := slices.BinarySearch(g.upTo, n+1) // the first i with upTo[i] > n
+	return g.members[i]
+}
+
+// stateKey names a backend deployment.
+type stateKey struct{ backend, deployment string }
 
 type member struct {
 	target upstream.Target
@@ -82,19 +107,34 @@ func New(cfg *config.Config, backends map[string]*upstream.Backend, log *slog.Lo
 	// since the start (and their backends) in memory.
 	prev := b.prev
 	b.prev = nil
-	states := map[[2]string]*State{}
+	b.stateOf = map[stateKey]*State{}
 	stateOf := func(backend, deployment string) *State {
-		k := [2]string{backend, deployment}
-		if s, ok := states[k]; ok {
+		k := stateKey{backend, deployment}
+		if s, ok := b.stateOf[k]; ok {
 			return s
 		}
-		s := prev.state(backend, deployment)
+		s := prev.state(k)
 		if s == nil {
 			s = newState(backend, deployment)
 		}
-		states[k] = s
+		b.stateOf[k] = s
 		b.states = append(b.states, s)
 		return s
+	}
+	apiVersions := make(map[string]string, len(cfg.Backends))
+	for _, bc := range cfg.Backends {
+		apiVersions[bc.Name] = bc.APIVersion
+	}
+	// Each model's deployment on each backend (the first, if several).
+	deployments := make([]map[string]*config.Deployment, len(cfg.Models))
+	for i, m := range cfg.Models {
+		deployments[i] = make(map[string]*config.Deployment, len(m.Deployments))
+		for j := range m.Deployments {
+			d := &m.Deployments[j]
+			if _, dup := deployments[i][d.Backend]; !dup {
+				deployments[i][d.Backend] = d
+			}
+		}
 	}
 	for _, pc := range cfg.Pools {
 		p := &pool{name: pc.Name, roundRobin: pc.Strategy == "round-robin", steering: pc.SteeringEnabled(),
@@ -108,30 +148,31 @@ func New(cfg *config.Config, backends map[string]*upstream.Backend, log *slog.Lo
 			}
 			p.rule.tripOn = append(p.rule.tripOn, sr)
 		}
-		for _, m := range cfg.Models {
+		for mi, m := range cfg.Models {
 			var groups []group
+			byPriority := map[int]int{} // priority -> index in groups
 			for _, pm := range pc.Backends {
-				i := slices.IndexFunc(m.Deployments, func(d config.Deployment) bool { return d.Backend == pm.Backend })
-				if i < 0 {
+				d := deployments[mi][pm.Backend]
+				if d == nil {
 					continue
 				}
-				d := m.Deployments[i]
 				be, ok := backends[d.Backend]
 				if !ok {
 					return nil, fmt.Errorf("model %s: unknown backend %q", m.Name, d.Backend)
 				}
 				apiVersion := d.APIVersion
 				if apiVersion == "" {
-					apiVersion = cfg.Backend(d.Backend).APIVersion
+					apiVersion = apiVersions[d.Backend]
 				}
 				mem := &member{target: upstream.Target{Backend: be, Deployment: d.Name, APIVersion: apiVersion},
 					weight: pm.Weight, state: stateOf(d.Backend, d.Name)}
-				gi := slices.IndexFunc(groups, func(g group) bool { return g.priority == pm.Priority })
-				if gi < 0 {
-					groups = append(groups, group{priority: pm.Priority})
-					gi = len(groups) - 1
+				gi, ok := byPriority[pm.Priority]
+				if !ok {
+					gi = len(groups)
+					byPriority[pm.Priority] = gi
+					groups = append(groups, group{priority: pm.Priority, rr: new(atomic.Uint64)})
 				}
-				groups[gi].members = append(groups[gi].members, mem)
+				groups[gi].add(mem)
 			}
 			if len(groups) > 0 {
 				slices.SortFunc(groups, func(a, b group) int { return cmp.Compare(a.priority, b.priority) })
@@ -157,16 +198,11 @@ func New(cfg *config.Config, backends map[string]*upstream.Backend, log *slog.Lo
 }
 
 // state returns b's State of a backend deployment, or nil (also for a nil b).
-func (b *Balancer) state(backend, deployment string) *State {
+func (b *Balancer) state(k stateKey) *State {
 	if b == nil {
 		return nil
 	}
-	for _, s := range b.states {
-		if s.backend == backend && s.deployment == deployment {
-			return s
-		}
-	}
-	return nil
+	return b.stateOf[k]
 }
 
 // PoolFor names the pool serving alias for an app whose pool is appPool

@@ -5,7 +5,11 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/openai"
@@ -116,5 +120,103 @@ func BenchmarkPick(b *testing.B) {
 	for b.Loop() {
 		s, _ := bal.Select("main", "mini", 100, true)
 		_, _ = s.Next()
+	}
+}
+
+// trip opens the breakers of the named backends for an hour.
+func trip(bal *Balancer, names ...string) {
+	for _, s := range bal.states {
+		if slices.Contains(names, s.backend) {
+			s.openUntil.Store(time.Now().Add(time.Hour).UnixNano())
+		}
+	}
+}
+
+func TestPickWeightsAmongAvailable(t *testing.T) {
+	const weighted = `
+identity: {anonymous: true}
+backends:
+  - {name: w1, endpoint: "http://127.0.0.1:1", auth: {type: none}}
+  - {name: w2, endpoint: "http://127.0.0.1:2", auth: {type: none}}
+  - {name: w3, endpoint: "http://127.0.0.1:3", auth: {type: none}}
+  - {name: w4, endpoint: "http://127.0.0.1:4", auth: {type: none}}
+pools:
+  - name: main
+    backends: [{backend: w1, priority: 1, weight: 1}, {backend: w2, priority: 1, weight: 2}, {backend: w3, priority: 1, weight: 3}, {backend: w4, priority: 1, weight: 4}]
+models:
+  - name: m
+    deployments: [{backend: w1}, {backend: w2}, {backend: w3}, {backend: w4}]
+`
+	bal := newTest(t, weighted)
+	trip(bal, "w4") // the heaviest: most draws over the whole group miss
+	const n = 30000
+	count := map[string]int{}
+	for range n {
+		count[pick(t, bal, "m").Backend.Name]++
+	}
+	if count["w4"] != 0 {
+		t.Fatalf("a tripped backend was picked %d times", count["w4"])
+	}
+	for name, want := range map[string]float64{"w1": 1.0 / 6, "w2": 2.0 / 6, "w3": 3.0 / 6} {
+		if share := float64(count[name]) / n; math.Abs(share-want) > 0.015 {
+			t.Errorf("%s got %.3f of picks, want %.3f±0.015", name, share, want)
+		}
+	}
+}
+
+func TestPickLargeGroupMostlyTripped(t *testing.T) {
+	for _, strategy := range []string{"weighted", "round-robin"} {
+		t.Run(strategy, func(t *testing.T) {
+			doc := benchPool(1000)
+			if strategy == "round-robin" {
+				doc = strings.Replace(doc, "{name: main,", "{name: main, strategy: round-robin,", 1)
+			}
+			bal := newTest(t, doc)
+			// Only b0..b9 stay closed; benchPool puts the even ones at
+			// priority 1, so those five take every request.
+			var tripped []string
+			for i := 10; i < 1000; i++ {
+				tripped = append(tripped, "b"+strconv.Itoa(i))
+			}
+			trip(bal, tripped...)
+			count := map[string]int{}
+			for range 5000 {
+				count[pick(t, bal, "m").Backend.Name]++
+			}
+			if len(count) != 5 {
+				t.Fatalf("picked %v, want only b0, b2, b4, b6, b8 (the untripped of priority 1)", count)
+			}
+			for _, name := range []string{"b0", "b2", "b4", "b6", "b8"} {
+				if c := count[name]; c < 800 || c > 1200 {
+					t.Errorf("%s picked %d of 5000 times, want about 1000", name, c)
+				}
+			}
+		})
+	}
+}
+
+func TestRoundRobinSkipsATrippedMemberEvenly(t *testing.T) {
+	const rr = `
+identity: {anonymous: true}
+backends:
+  - {name: a, endpoint: "http://127.0.0.1:1", auth: {type: none}}
+  - {name: b, endpoint: "http://127.0.0.1:2", auth: {type: none}}
+  - {name: c, endpoint: "http://127.0.0.1:3", auth: {type: none}}
+pools:
+  - name: main
+    strategy: round-robin
+    backends: [{backend: a, priority: 1}, {backend: b, priority: 1}, {backend: c, priority: 1}]
+models:
+  - name: m
+    deployments: [{backend: a}, {backend: b}, {backend: c}]
+`
+	bal := newTest(t, rr)
+	trip(bal, "c")
+	count := map[string]int{}
+	for range 600 {
+		count[pick(t, bal, "m").Backend.Name]++
+	}
+	if count["a"] != 300 || count["b"] != 300 {
+		t.Fatalf("round-robin with c tripped: %v, want a and b 300 each", count)
 	}
 }

@@ -290,10 +290,56 @@ func benchPool(n int) string {
 	return doc + "pools: [{name: main, backends: [" + members + "]}]\nmodels: [{name: m, deployments: [" + deps + "]}]\n"
 }
 
-// BenchmarkSelect measures one request's pick (select + next + report) with
-// 1 and 1000 backends.
+// BenchmarkSelect measures one request's pick (select + next + report) as
+// the pool grows (half the backends at priority 1, half at 2), and with
+// 1000 backends when half of priority 1 is tripped.
 func BenchmarkSelect(b *testing.B) {
-	for _, n := range []int{1, 1000} {
+	for _, c := range []struct {
+		n       int
+		tripped bool
+	}{{1, false}, {10, false}, {100, false}, {1000, false}, {1000, true}} {
+		name := strconv.Itoa(c.n)
+		if c.tripped {
+			name += "/half-tripped"
+		}
+		b.Run(name, func(b *testing.B) {
+			cfg, err := config.Parse([]byte(benchPool(c.n)), func(string) (string, bool) { return "", false })
+			if err != nil {
+				b.Fatal(err)
+			}
+			backends := map[string]*upstream.Backend{}
+			for _, bc := range cfg.Backends {
+				backends[bc.Name], _ = upstream.NewBackend(bc)
+			}
+			bal, _ := New(cfg, backends, slog.New(slog.DiscardHandler))
+			if c.tripped {
+				for i, m := range bal.pools["main"].aliases["m"][0].members {
+					if i%2 == 0 {
+						m.state.openUntil.Store(time.Now().Add(time.Hour).UnixNano())
+					}
+				}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				ok := resp(200, "x-ratelimit-remaining-tokens", "100000")
+				for pb.Next() {
+					s, _ := bal.Select("main", "m", 100, true)
+					if _, err := s.Next(); err != nil {
+						b.Fatal(err)
+					}
+					ok.Body = http.NoBody // Report wraps it
+					s.Report(ok, nil)
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkNew measures building a Balancer for a reloaded config
+// (WithPrevious: every deployment's State carries over) as the pool grows.
+func BenchmarkNew(b *testing.B) {
+	for _, n := range []int{1, 100, 1000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
 			cfg, err := config.Parse([]byte(benchPool(n)), func(string) (string, bool) { return "", false })
 			if err != nil {
@@ -303,18 +349,17 @@ func BenchmarkSelect(b *testing.B) {
 			for _, bc := range cfg.Backends {
 				backends[bc.Name], _ = upstream.NewBackend(bc)
 			}
-			bal, _ := New(cfg, backends, slog.New(slog.DiscardHandler))
-			ok := resp(200, "x-ratelimit-remaining-tokens", "100000")
+			log := slog.New(slog.DiscardHandler)
+			prev, err := New(cfg, backends, log)
+			if err != nil {
+				b.Fatal(err)
+			}
 			b.ReportAllocs()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					s, _ := bal.Select("main", "m", 100, true)
-					if _, err := s.Next(); err != nil {
-						b.Fatal(err)
-					}
-					s.Report(ok, nil)
+			for b.Loop() {
+				if _, err := New(cfg, backends, log, WithPrevious(prev)); err != nil {
+					b.Fatal(err)
 				}
-			})
+			}
 		})
 	}
 }

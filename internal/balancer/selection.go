@@ -89,10 +89,46 @@ func (s *Selection) Next() (upstream.Target, error) {
 	return upstream.Target{}, s.throttled(ns)
 }
 
+// fastDraws is how many draws over a whole group pick makes before it
+// scans the group. In a healthy group the first draw lands on an available
+// member, so a pick costs a binary search whatever the group's size; when
+// most members are unavailable the draws miss and the scan decides.
+const fastDraws = 4
+
 // pick chooses among the available, untried members of g by the pool's
 // strategy and claims it (winning the probe of a half-open breaker).
+//
+// It first draws over every member, available or not, and keeps a draw
+// whose member is available: conditioned on landing on an available
+// member, a weighted draw picks each by its share of the available
+// weight, exactly as the scan does. Round-robin draws once, so a member
+// that is unavailable passes its turn to the scan (with the same position
+// among the available members) instead of to its neighbour.
 func (s *Selection) pick(g *group, now int64, steer bool) *member {
-	for range len(g.members) {
+	draws := fastDraws
+	if s.pool.roundRobin {
+		draws = 1
+	}
+	if g.total == 0 {
+		draws = 0 // weights of 0 (a config built in code): nothing to draw
+	}
+	var v uint64
+	for range draws {
+		if s.pool.roundRobin {
+			v = g.rr.Add(1)
+		} else {
+			v = uint64(rand.IntN(g.total))
+		}
+		m := g.at(int(v % uint64(g.total)))
+		if !s.eligible(m, now, steer) {
+			continue
+		}
+		if ok, probe := m.state.claim(now); ok {
+			s.probe = probe
+			return m
+		}
+	}
+	for i := range len(g.members) {
 		total := 0
 		for _, m := range g.members {
 			if s.eligible(m, now, steer) {
@@ -104,7 +140,10 @@ func (s *Selection) pick(g *group, now int64, steer bool) *member {
 		}
 		var n int
 		if s.pool.roundRobin {
-			n = int(s.pool.rr.Add(1) % uint64(total))
+			if i > 0 {
+				v = g.rr.Add(1)
+			}
+			n = int(v % uint64(total))
 		} else {
 			n = rand.IntN(total)
 		}

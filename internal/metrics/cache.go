@@ -7,50 +7,73 @@ import (
 
 // cache maps a comparable key to a resolved metric child. Reads are a
 // lock-free load of an immutable map and do not allocate (unlike sync.Map,
-// whose any-typed keys box a struct key on every lookup); a miss copies the
-// map under a lock. A copy costs O(entries), which is fine because entries
-// are bounded by the config (apps x models x backends ...) and a miss
-// happens once per entry for the life of the process. The zero value is
-// ready to use; safe for concurrent use.
+// whose any-typed keys box a struct key on every lookup). New keys go to a
+// dirty map under a lock, which also holds every read key; once the misses
+// since the last promotion number as many as the dirty map's keys, it
+// becomes the read map (as in sync.Map). So a new key costs O(1) amortized
+// however many there are: copying the read map on every miss cost each
+// first request O(keys): the first requests of 10,000 apps (their series
+// and limit decisions) copied for over a minute, under the lock. A new key
+// is lock-free after at most as many misses as there are keys. The zero
+// value is ready to use; safe for concurrent use.
 type cache[K comparable, V any] struct {
-	m  atomic.Pointer[map[K]V]
-	mu sync.Mutex // serializes misses
+	read atomic.Pointer[map[K]V]
+
+	mu     sync.Mutex // guards dirty and misses; serializes resolve
+	dirty  map[K]V    // read's keys and the newer ones; nil until a key is added after a promotion
+	misses int        // lookups that missed read since the last promotion
 }
 
 // get returns the value for k, calling resolve(k) on the first request for
 // k. resolve runs under the cache's lock, at most once per key.
 func (c *cache[K, V]) get(k K, resolve func(K) V) V {
-	if m := c.m.Load(); m != nil {
+	if m := c.read.Load(); m != nil {
 		if v, ok := (*m)[k]; ok {
 			return v
 		}
 	}
-	return c.add(k, resolve)
+	return c.miss(k, resolve)
 }
 
-func (c *cache[K, V]) add(k K, resolve func(K) V) V {
+func (c *cache[K, V]) miss(k K, resolve func(K) V) V {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	old := c.m.Load()
-	if old != nil {
-		if v, ok := (*old)[k]; ok {
-			return v
+	read := c.read.Load()
+	if read != nil {
+		if v, ok := (*read)[k]; ok {
+			return v // promoted while this caller waited
 		}
 	}
-	n := make(map[K]V, 1+lenOf(old))
-	if old != nil {
-		for ok, ov := range *old {
-			n[ok] = ov
+	v, ok := c.dirty[k]
+	if !ok {
+		if c.dirty == nil {
+			c.dirty = make(map[K]V, 1+lenOf(read))
+			if read != nil {
+				for rk, rv := range *read {
+					c.dirty[rk] = rv
+				}
+			}
 		}
+		v = resolve(k)
+		c.dirty[k] = v
 	}
-	v := resolve(k)
-	n[k] = v
-	c.m.Store(&n)
+	if c.misses++; c.misses >= len(c.dirty) {
+		m := c.dirty
+		c.read.Store(&m)
+		c.dirty, c.misses = nil, 0
+	}
 	return v
 }
 
 // len is the number of cached keys.
-func (c *cache[K, V]) len() int { return lenOf(c.m.Load()) }
+func (c *cache[K, V]) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.dirty != nil {
+		return len(c.dirty)
+	}
+	return lenOf(c.read.Load())
+}
 
 func lenOf[K comparable, V any](m *map[K]V) int {
 	if m == nil {

@@ -67,12 +67,17 @@ func (g *Gateway) newRuntime(cfg *config.Config, prev *runtime) (_ *runtime, err
 		}
 	}()
 	rt.backends = make(map[string]*upstream.Backend, len(cfg.Backends))
+	var before map[string]*config.Backend // the previous runtime's backends by name
+	if prev != nil {
+		before = make(map[string]*config.Backend, len(prev.cfg.Backends))
+		for i := range prev.cfg.Backends {
+			before[prev.cfg.Backends[i].Name] = &prev.cfg.Backends[i]
+		}
+	}
 	for _, bc := range cfg.Backends {
-		if prev != nil {
-			if old := prev.cfg.Backend(bc.Name); old != nil && reflect.DeepEqual(*old, bc) {
-				rt.backends[bc.Name] = prev.backends[bc.Name]
-				continue
-			}
+		if old := before[bc.Name]; old != nil && reflect.DeepEqual(*old, bc) {
+			rt.backends[bc.Name] = prev.backends[bc.Name]
+			continue
 		}
 		b, err := upstream.NewBackend(bc)
 		if err != nil {

@@ -61,7 +61,8 @@ func (e *EventReader) Read(p []byte) (int, error) {
 	e.off = n
 	// Events that arrived with this one go out in the same write.
 	for e.off == len(e.event) && e.err == nil && e.arrived(len(p)-n) {
-		ev := e.pass(e.next()) // buffered: does not wait for the source
+		ev, _ := e.next() // buffered: does not wait for the source
+		ev = e.pass(ev)
 		m := copy(p[n:], ev)
 		e.off = m
 		n += m
@@ -92,7 +93,7 @@ var (
 func (e *EventReader) Next() ([]byte, error) {
 	for {
 		ev, err := e.next()
-		if ev = e.pass(ev, err); len(ev) > 0 || err != nil {
+		if ev = e.pass(ev); len(ev) > 0 || err != nil {
 			return ev, err
 		}
 	}
@@ -100,7 +101,7 @@ func (e *EventReader) Next() ([]byte, error) {
 
 // pass runs one framed event through the filter and keeps what passes in
 // e.event; it returns nothing for a dropped event.
-func (e *EventReader) pass(ev []byte, _ error) []byte {
+func (e *EventReader) pass(ev []byte) []byte {
 	if e.filter == nil || len(ev) == 0 {
 		return ev
 	}

@@ -197,7 +197,7 @@ func run(ctx context.Context, o options) error {
 	}
 	targets = append(targets, minimal)
 
-	full, _, err := startFull(dir, "full", bin, startProc, issuer, fast, nil)
+	full, err := startFull(dir, "full", bin, startProc, issuer, fast, nil)
 	if err != nil {
 		return err
 	}
@@ -302,18 +302,18 @@ admin: {profiling: true}
 // tokens from the development issuer, two apps, three backends in a
 // priority pool, prices, the usage spool and a SQLite sink) with every
 // backend on the given simulator, plus request and token limits on
-// chat-app's team so the limiter runs on every request. It returns the
-// target with a chat-app token as its header.
-func startFull(dir, name, bin string, start starter, issuer *devissuer.Issuer, backend string, env []string) (*target, string, error) {
+// chat-app's team so the limiter runs on every request. The target sends
+// a chat-app token.
+func startFull(dir, name, bin string, start starter, issuer *devissuer.Issuer, backend string, env []string) (*target, error) {
 	st := issuer.State()
 	if err := issuer.Publish("api://tokengate-demo", map[string]string{
 		"chat-app": "0c7f6a1e-5b3d-4e2a-9f10-2a3b4c5d6e7f", "batch-app": "5d2e8b4a-1c6f-4e3d-8a9b-7f0e1d2c3b4a",
 	}); err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	token, err := issuer.Mint("chat-app", time.Now())
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	data := filepath.Join(dir, name+"-data")
 	env = append(env, "DEV_TENANT="+st.Tenant, "DEV_ISSUER_URL="+st.URL, "DATA_DIR="+data,
@@ -329,10 +329,10 @@ admin: {profiling: true}
 `
 	t, err := startGateway(dir, name, bin, start, config, env)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
 	t.headers = []string{"Authorization: Bearer " + token}
-	return t, token, nil
+	return t, nil
 }
 
 func nginxConfig(dir, listen, backend string) string {
@@ -418,7 +418,7 @@ func runLoad(ctx context.Context, bin string, t *target, o options, args ...stri
 // pipeline (backends over https/HTTP/2, as Azure serves) and samples the
 // gateway's resident memory while they are open.
 func holdStreams(ctx context.Context, dir, bin string, start starter, issuer *devissuer.Issuer, slow, certFile string, o options) (*streamsResult, error) {
-	t, _, err := startFull(dir, "streams", bin, start, issuer, slow, []string{"SSL_CERT_FILE=" + certFile})
+	t, err := startFull(dir, "streams", bin, start, issuer, slow, []string{"SSL_CERT_FILE=" + certFile})
 	if err != nil {
 		return nil, err
 	}

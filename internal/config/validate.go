@@ -72,7 +72,9 @@ func (c *Config) Validate() error {
 		case names[b.Name]:
 			bad(p+".name", "%q is used by another backend", b.Name)
 		}
-		names[b.Name] = true
+		if b.Name != "" {
+			names[b.Name] = true
+		}
 		if err := checkEndpoint(b.Endpoint); err != nil {
 			bad(p+".endpoint", "%v", err)
 		}
@@ -121,7 +123,7 @@ func (c *Config) Validate() error {
 			switch {
 			case d.Backend == "":
 				bad(dp+".backend", "required")
-			case c.Backend(d.Backend) == nil:
+			case !names[d.Backend]:
 				bad(dp+".backend", "no backend is named %q", d.Backend)
 			case served[d.Backend]:
 				bad(dp+".backend", "%q serves this alias twice", d.Backend)
@@ -132,7 +134,7 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
-	c.validatePools(bad)
+	c.validatePools(bad, names)
 	c.validateIdentity(bad)
 	c.validateUsage(bad)
 	c.validateLimits(bad)

@@ -24,7 +24,8 @@ func ParseStatusRange(s string) (StatusRange, error) {
 	return StatusRange{a, b}, nil
 }
 
-func (c *Config) validatePools(bad func(path, format string, args ...any)) {
+// validatePools checks the pools section; backends holds the backends' names.
+func (c *Config) validatePools(bad func(path, format string, args ...any), backends map[string]bool) {
 	pools := map[string]bool{}
 	for i, p := range c.Pools {
 		path := fmt.Sprintf("pools[%d]", i)
@@ -39,7 +40,7 @@ func (c *Config) validatePools(bad func(path, format string, args ...any)) {
 		for j, m := range p.Backends {
 			mp := fmt.Sprintf("%s.backends[%d]", path, j)
 			switch {
-			case c.Backend(m.Backend) == nil:
+			case !backends[m.Backend]:
 				bad(mp+".backend", "no backend is named %q", m.Backend)
 			case members[m.Backend]:
 				bad(mp+".backend", "%q is in this pool twice", m.Backend)

@@ -1,6 +1,8 @@
 package loadtest
 
 import (
+	"github.com/tidwall/gjson"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -16,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tokengate/tokengate/internal/openai"
 )
 
 // target is one kind of request, built once and sent many times: the
@@ -321,9 +325,7 @@ var (
 	dataPrefix = []byte("data:")
 	doneEvent  = []byte("[DONE]")
 	keyContent = []byte(`"content":`)
-	keyUsage   = []byte(`"usage"`)
-	keyPrompt  = []byte(`"prompt_tokens"`)
-	keyCompl   = []byte(`"completion_tokens"`)
+	keyTokens  = []byte(`_tokens"`) // prompt_tokens, input_tokens, ...
 )
 
 // readStream reads server-sent events line by line until the body ends,
@@ -400,69 +402,16 @@ func hasContent(b []byte) bool {
 	}
 }
 
-// parseUsage reads prompt_tokens and completion_tokens of the last "usage"
-// object in b, without decoding the rest. ok is false when there is none
-// (or it is null).
+// parseUsage reads the token counts of b's "usage" object with the
+// gateway's own parser (openai.ParseUsage). Chunks without token counts
+// (Azure sends "usage":null on every chunk but the last) are skipped
+// without parsing. ok is false when there is no usage object.
 func parseUsage(b []byte) (prompt, completion int64, ok bool) {
-	i := bytes.LastIndex(b, keyUsage)
-	if i < 0 {
+	if !bytes.Contains(b, keyTokens) {
 		return 0, 0, false
 	}
-	j := skipSpace(b, i+len(keyUsage))
-	if j >= len(b) || b[j] != ':' {
-		return 0, 0, false
-	}
-	j = skipSpace(b, j+1)
-	if j >= len(b) || b[j] != '{' {
-		return 0, 0, false
-	}
-	obj := b[j:objectEnd(b, j)]
-	prompt, okP := intField(obj, keyPrompt)
-	completion, okC := intField(obj, keyCompl)
-	return prompt, completion, okP || okC
-}
-
-// objectEnd returns the index after the object starting at b[i] == '{', or
-// len(b) when it is cut.
-func objectEnd(b []byte, i int) int {
-	depth := 0
-	for ; i < len(b); i++ {
-		switch b[i] {
-		case '"':
-			for i++; i < len(b) && b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					i++
-				}
-			}
-		case '{':
-			depth++
-		case '}':
-			depth--
-			if depth == 0 {
-				return i + 1
-			}
-		}
-	}
-	return len(b)
-}
-
-// intField reads the non-negative integer value of key in obj.
-func intField(obj, key []byte) (int64, bool) {
-	i := bytes.Index(obj, key)
-	if i < 0 {
-		return 0, false
-	}
-	j := skipSpace(obj, i+len(key))
-	if j >= len(obj) || obj[j] != ':' {
-		return 0, false
-	}
-	j = skipSpace(obj, j+1)
-	var n int64
-	start := j
-	for ; j < len(obj) && obj[j] >= '0' && obj[j] <= '9' && j-start < 18; j++ {
-		n = n*10 + int64(obj[j]-'0')
-	}
-	return n, j > start
+	u, ok := openai.ParseUsage(gjson.GetBytes(b, "usage"))
+	return u.Prompt, u.Completion, ok
 }
 
 func skipSpace(b []byte, i int) int {

@@ -30,7 +30,11 @@ func TestParseUsage(t *testing.T) {
 		{"absent", `{"choices":[]}`, 0, 0, false},
 		{"quoted in content", `{"content":"say \"usage\":{\"prompt_tokens\":5}","usage":{"prompt_tokens":1,"completion_tokens":2}}`, 1, 2, true},
 		{"cut", `{"usage":{"prompt_tokens":7,"completion_tok`, 7, 0, true},
-		{"not a number", `{"usage":{"prompt_tokens":"7"}}`, 0, 0, false},
+		// Read as the gateway reads it (openai.ParseUsage), so the load
+		// generator's counts agree with the gateway's records.
+		{"quoted number", `{"usage":{"prompt_tokens":"7"}}`, 7, 0, true},
+		{"responses api", `{"usage":{"input_tokens":5,"output_tokens":6,"total_tokens":11}}`, 5, 6, true},
+		{"tokens elsewhere, no usage", `{"max_tokens":5}`, 0, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, c, ok := parseUsage([]byte(tc.in))

@@ -113,8 +113,14 @@ func (is *Issuer) Publish(audience string, apps map[string]string) error {
 // State returns what the issuer published.
 func (is *Issuer) State() State { return is.state }
 
-// Close stops serving.
-func (is *Issuer) Close(ctx context.Context) error { return is.srv.Shutdown(ctx) }
+// Close stops serving. The port is free when it returns: Shutdown closes
+// only the listeners Serve has registered, and the goroutine started by
+// Start may not have run yet.
+func (is *Issuer) Close(ctx context.Context) error {
+	err := is.srv.Shutdown(ctx)
+	_ = is.ln.Close() // already closed when Serve ran first
+	return err
+}
 
 // Mint signs a token for the demo app name, valid for TokenLifetime.
 func (is *Issuer) Mint(app string, now time.Time) (string, error) {

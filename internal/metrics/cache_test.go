@@ -38,8 +38,9 @@ func TestCacheResolvesEachKeyOnce(t *testing.T) {
 	if n := c.len(); n != len(calls) {
 		t.Fatalf("len = %d, want %d", n, len(calls))
 	}
-	// Every key is soon read without the lock.
-	for range 2 {
+	// Every key is read without the lock after at most as many misses as
+	// there are keys (the dirty map is promoted then).
+	for range len(calls) {
 		for k := range len(calls) {
 			c.get(k, resolve)
 		}

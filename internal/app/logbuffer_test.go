@@ -1,36 +1,18 @@
 package app
 
 import (
-	"bytes"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokengate/tokengate/internal/testenv"
 )
 
-// syncBuffer is a bytes.Buffer safe for the flush timer's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestBufferedLogger(t *testing.T) {
-	out := &syncBuffer{}
+	out := &testenv.Buffer{}
 	log, flush := bufferedLogger(out, func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, nil) })
 
 	log.Info("request", slog.Int("n", 1))

@@ -1,7 +1,6 @@
 package auth
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -314,24 +313,6 @@ func request(authz string) *http.Request {
 }
 
 func bearer(tok string) *http.Request { return request("Bearer " + tok) }
-
-// logBuffer is a concurrency-safe log sink for assertions on log output.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // containsAny reports whether s contains any of the needles (ignoring
 // needles shorter than 8 bytes, which occur by chance).

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/openai"
+	"github.com/tokengate/tokengate/internal/testenv"
 )
 
 func TestKeyStoreCreateListRevoke(t *testing.T) {
@@ -134,7 +135,7 @@ func keyRequest(key string) *http.Request {
 
 func TestGatewayKeys(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keys.json")
-	var logs logBuffer
+	var logs testenv.Buffer
 	clock := newClock()
 	ti := newTestIssuer(t)
 	id := ti.identity()

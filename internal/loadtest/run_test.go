@@ -1,19 +1,18 @@
 package loadtest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"net"
 	"net/http"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/tokengate/tokengate/internal/simulator"
+	"github.com/tokengate/tokengate/internal/testenv"
 )
 
 // The closed loop's counts, statuses and tokens equal what the simulator
@@ -85,7 +84,7 @@ func TestClosedLoopMatchesSimulator(t *testing.T) {
 
 func TestOpenLoopRate(t *testing.T) {
 	s := startSim(t, simulator.InstanceConfig{})
-	var progress lockedBuffer
+	var progress testenv.Buffer
 	// 1.3s: long enough for one progress line.
 	rep := run(t, Config{URL: s.url, Rate: 200, Duration: 1300 * time.Millisecond, StreamShare: 0.25, MaxTokens: 4, Progress: &progress})
 	checkInvariants(t, rep)
@@ -111,24 +110,6 @@ func TestOpenLoopRate(t *testing.T) {
 	if out := progress.String(); !strings.HasPrefix(out, "\r    1s  sent ") || !strings.Contains(out, "/s  errors 0  in flight ") || !strings.HasSuffix(out, "\n") {
 		t.Errorf("progress %q", out)
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func TestStreaming(t *testing.T) {

@@ -105,13 +105,13 @@ func TestRedisOutage(t *testing.T) {
 	for _, mode := range []string{"open", "closed"} {
 		t.Run(mode, func(t *testing.T) {
 			srv.Start()
-			var logs logBuffer
+			var logs testenv.Buffer
 			cfg := limitsConfig([]config.Limit{{RPM: 30}})
 			cfg.Limits.Replicas = 3
 			cfg.Limits.OnStoreError = mode
 			cfg.Limits.Redis.Timeout = 500 * time.Millisecond
 			useRedis(cfg, srv.Addr())
-			l := newLimiter(t, cfg, logs.logger())
+			l := newLimiter(t, cfg, logTo(&logs))
 			l.redis.circuit.every = 100 * time.Millisecond
 			s := Subject{App: &cfg.Apps[0], Model: "m"}
 			ctx := context.Background()
@@ -198,12 +198,12 @@ func TestRedisHangs(t *testing.T) {
 			conns = append(conns, c)
 		}
 	}()
-	var logs logBuffer
+	var logs testenv.Buffer
 	cfg := limitsConfig([]config.Limit{{RPM: 4}})
 	cfg.Limits.Store, cfg.Limits.Redis.Addr = "redis", ln.Addr().String()
 	cfg.Limits.Redis.Timeout = 100 * time.Millisecond
 	start := time.Now()
-	l := newLimiter(t, cfg, logs.logger())
+	l := newLimiter(t, cfg, logTo(&logs))
 	if d := time.Since(start); d > time.Second || !l.redis.circuit.down.Load() || l.StoreErrors() != 1 {
 		t.Fatalf("New took %v, circuit down %v, %d errors; want about 100ms, true, 1", d, l.redis.circuit.down.Load(), l.StoreErrors())
 	}

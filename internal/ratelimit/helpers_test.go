@@ -1,7 +1,6 @@
 package ratelimit
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -144,25 +143,8 @@ func retryAfter(e *openai.Error) (string, string) {
 	return e.Header.Get("Retry-After"), e.Header.Get("retry-after-ms")
 }
 
-// logBuffer is a slog.Logger whose lines can be read back.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
+// logTo is a logger whose lines can be read back from b.
+func logTo(b *testenv.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
 // headers returns what Reservation.Headers sets.
 func headers(r *Reservation) http.Header {

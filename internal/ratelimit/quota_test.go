@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokengate/tokengate/internal/config"
+	"github.com/tokengate/tokengate/internal/testenv"
 )
 
 // withLog is WithClock's sibling for tests: the limiter logs to log.
@@ -143,10 +144,10 @@ func TestBudget(t *testing.T) {
 func TestShadow(t *testing.T) {
 	for _, st := range stores {
 		t.Run(st.name, func(t *testing.T) {
-			var logs logBuffer
+			var logs testenv.Buffer
 			clk := newClock(at(0))
 			cfg := limitsConfig([]config.Limit{{RPM: 1, Shadow: true}, {TPM: 100, Shadow: true}, {RPM: 10}})
-			l := st.new(t, cfg, WithClock(clk.Now), withLog(logs.logger()))
+			l := st.new(t, cfg, WithClock(clk.Now), withLog(logTo(&logs)))
 			s := Subject{App: &cfg.Apps[0], Model: "m"}
 
 			if r := mustAdmit(t, l, s, 50); r.ShadowRefused != nil {

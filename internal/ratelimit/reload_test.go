@@ -184,12 +184,12 @@ func TestReloadWindowChange(t *testing.T) {
 // count; the reload after Redis is back ends it.
 func TestReloadRedisOutage(t *testing.T) {
 	srv := testenv.Redis(t)
-	var logs logBuffer
+	var logs testenv.Buffer
 	cfg := limitsConfig([]config.Limit{{RPM: 3}})
 	useRedis(cfg, srv.Addr())
 	cfg.Limits.OnStoreError = "open"
 	cfg.Limits.Redis.Timeout = 500 * time.Millisecond
-	l1 := newLimiter(t, cfg, logs.logger())
+	l1 := newLimiter(t, cfg, logTo(&logs))
 	s := Subject{App: &cfg.Apps[0], Model: "m"}
 	mustAdmit(t, l1, s, 1) // in Redis
 
@@ -201,7 +201,7 @@ func TestReloadRedisOutage(t *testing.T) {
 		t.Fatalf("after the outage began: %d errors, circuit down %v", errs, l1.redis.circuit.down.Load())
 	}
 
-	l2 := newLimiter(t, cfg, logs.logger(), WithPrevious(l1)) // New cannot reach Redis: one more error
+	l2 := newLimiter(t, cfg, logTo(&logs), WithPrevious(l1)) // New cannot reach Redis: one more error
 	if err := l1.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +212,7 @@ func TestReloadRedisOutage(t *testing.T) {
 	mustRefuse(t, l2, s, 1, http.StatusTooManyRequests, CodeRateLimited)
 
 	srv.Start()
-	l3 := newLimiter(t, cfg, logs.logger(), WithPrevious(l2))
+	l3 := newLimiter(t, cfg, logTo(&logs), WithPrevious(l2))
 	if got := l3.StoreErrors(); got != errs+1 || l3.redis.circuit.down.Load() {
 		t.Fatalf("after a reload with Redis back: %d errors (want %d), circuit down %v", got, errs+1, l3.redis.circuit.down.Load())
 	}

@@ -1,13 +1,11 @@
 package telemetry
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/tokengate/tokengate/internal/config"
 	"github.com/tokengate/tokengate/internal/openai"
 	"github.com/tokengate/tokengate/internal/telemetry/otlptest"
+	"github.com/tokengate/tokengate/internal/testenv"
 	"github.com/tokengate/tokengate/internal/usage"
 )
 
@@ -376,30 +375,12 @@ func TestHeadersSent(t *testing.T) {
 	}
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestExportFailure: a collector that refuses exports costs the request
 // path nothing; the loss is logged, counted and reported by Close.
 func TestExportFailure(t *testing.T) {
 	recv := otlptest.NewReceiver(t)
 	recv.Fail(http.StatusBadRequest) // not retryable: fails at once
-	var logs syncBuffer
+	var logs testenv.Buffer
 	tr, err := New(config.Traces{Endpoint: recv.URL(), SampleRatio: ratio(1), Timeout: 5 * time.Second},
 		"dev", slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {

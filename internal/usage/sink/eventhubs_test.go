@@ -20,6 +20,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl"
 
 	"github.com/tokengate/tokengate/internal/config"
+	"github.com/tokengate/tokengate/internal/testenv"
 )
 
 const (
@@ -247,7 +248,7 @@ func TestEventHubsOverTLS(t *testing.T) {
 
 	t.Run("wrong key", func(t *testing.T) {
 		const otherKey = "b3RoZXIga2V5IG5vdCB0aGUgcmlnaHQgb25lIGF0IGFsbA=="
-		logs := &syncBuffer{}
+		logs := &testenv.Buffer{}
 		bad := cfg
 		bad.ConnectionString = strings.Replace(testConnString, testKey, otherKey, 1)
 		bad.Timeout = time.Second

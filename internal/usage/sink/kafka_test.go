@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	"github.com/tokengate/tokengate/internal/config"
+	"github.com/tokengate/tokengate/internal/testenv"
 	"github.com/tokengate/tokengate/internal/usage"
 )
 
@@ -185,28 +185,10 @@ func TestKafkaWriteAndConsume(t *testing.T) {
 	}
 }
 
-// syncBuffer is a goroutine-safe log destination.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestKafkaWrongPasswordFailsWithinTimeout(t *testing.T) {
 	c := newCluster(t)
 	const timeout = time.Second
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	const wrong = "wrong-" + testPassword
 	k := newKafkaSink(t, kafkaConfig(c, wrong, timeout), log)
@@ -296,7 +278,7 @@ func TestKafkaBrokerDownThenBack(t *testing.T) {
 
 func TestKafkaOversizedRecordIsTrimmed(t *testing.T) {
 	c := newCluster(t)
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	k := newKafkaSink(t, kafkaConfig(c, testPassword, 5*time.Second), slog.New(slog.NewTextHandler(logs, nil)))
 	big := testRecord(0)
 	big.Capture = &usage.Capture{
@@ -550,6 +532,6 @@ func BenchmarkKafkaWrite(b *testing.B) {
 }
 
 // slogTo logs everything, as text, to w.
-func slogTo(w *syncBuffer) *slog.Logger {
+func slogTo(w *testenv.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

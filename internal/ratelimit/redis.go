@@ -95,6 +95,19 @@ func newRedisStore(lc config.Limits, geo geometry, fixed bool, errs *atomic.Uint
 	}
 }
 
+// scriptClock opens every script: now (ms; ARGV[1], or the server's clock
+// when it is 0), the bucket length bms and buckets counted nb (ARGV[2] and
+// ARGV[3]), and the current bucket cur.
+const scriptClock = `
+local now = tonumber(ARGV[1])
+if now == 0 then
+	local t = redis.call('TIME')
+	now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local bms, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
+local cur = math.floor(now / bms)
+`
+
 // admitScript checks every limit of one request and, when every enforced
 // one fits, takes all that fit.
 //
@@ -109,14 +122,7 @@ func newRedisStore(lc config.Limits, geo geometry, fixed bool, errs *atomic.Uint
 // counted with another bucket length (limits.window changed in a reload or
 // a deploy): they are deleted like those that left, or they would count
 // forever. The window then starts over, as the memory store's does.
-var admitScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-if now == 0 then
-	local t = redis.call('TIME')
-	now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local bms, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
-local cur = math.floor(now / bms)
+var admitScript = redis.NewScript(scriptClock + `
 local out = {now, cur}
 local fit = {}
 local refused = false
@@ -198,14 +204,7 @@ return out
 // four per key: kind, delta, bucket (rolling windows), ttl_ms (budgets). A window's bucket is adjusted only while it is in the window
 // and a quota only while its key lives: a refund or excess that comes later
 // than that no longer counts.
-var settleScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-if now == 0 then
-	local t = redis.call('TIME')
-	now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local bms, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
-local cur = math.floor(now / bms)
+var settleScript = redis.NewScript(scriptClock + `
 for i, key in ipairs(KEYS) do
 	local a = 3 + (i - 1) * 4
 	local kind, delta = ARGV[a + 1], ARGV[a + 2]
@@ -232,14 +231,7 @@ return 1
 // and 0; for a budget the spent cost as a string (Lua numbers are returned
 // as integers) and 0. Windows count their buckets as the admit script
 // does.
-var peekScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-if now == 0 then
-	local t = redis.call('TIME')
-	now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local bms, nb = tonumber(ARGV[2]), tonumber(ARGV[3])
-local cur = math.floor(now / bms)
+var peekScript = redis.NewScript(scriptClock + `
 local out = {}
 for i, key in ipairs(KEYS) do
 	local kind = ARGV[3 + i]
